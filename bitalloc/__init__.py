@@ -1,0 +1,52 @@
+"""bitalloc: choose a bit-width for every layer, group or channel of a network under hardware budgets.
+
+    profile = bitalloc.Profile.load("p.json")            # or bitalloc.profile(model, calib, ...)
+    alloc = bitalloc.solve(profile, budget=3.25)          # exact ILP by default
+    alloc.save("a.json")
+
+Heavy dependencies (torch, solvers' libraries) are imported only when used.
+"""
+from __future__ import annotations
+
+from .allocation import Allocation
+from .errors import BitallocError
+from .problem import Constraint, Problem, tie_groups
+from .profile import Profile
+from .units import Unit
+
+__version__ = "0.1.0"
+__all__ = ["Allocation", "BitallocError", "Constraint", "Problem", "Profile", "Unit", "solve",
+           "solve_budgets", "load_default_profile", "tie_groups", "__version__"]
+
+
+def solve(problem_or_profile, budget: float | None = None, solver: str = "ilp", **options) -> Allocation:
+    """Solve a Problem, or a Profile at an average of `budget` bits per weight.
+
+    options go to the solver (`backend`, `time_limit`, `gap` for ilp); with a Profile, the
+    Problem options (`pins`, `ties`, `min_bits`, `max_bits`, `count_overhead`) are accepted too.
+    """
+    return solve_budgets(problem_or_profile, [budget], solver, **options)[0]
+
+
+def solve_budgets(problem_or_profile, budgets, solver: str = "ilp", **options) -> list[Allocation]:
+    """One Allocation per budget (the problem is compiled once and each run warm-starts the next)."""
+    from .solvers import get_solver
+
+    problem_keys = {"pins", "ties", "min_bits", "max_bits", "count_overhead", "objective", "allowed"}
+    pkw = {k: options.pop(k) for k in list(options) if k in problem_keys}
+    if isinstance(problem_or_profile, Profile):
+        if budgets[0] is None:
+            raise BitallocError("budget None: give an average bits-per-weight budget with a Profile")
+        problem = Problem.average_bits(problem_or_profile, budgets[0], **pkw)
+    else:
+        if pkw:
+            raise BitallocError(f"options {sorted(pkw)}: set these on the Problem, not in solve()")
+        problem = problem_or_profile
+    return get_solver(solver, **options).solve_budgets(problem, budgets)
+
+
+def load_default_profile() -> Profile:
+    """The embedded SmolLM2-135M profile (one unit per linear layer, candidates 2,3,4,5,6,8)."""
+    from .data import default_profile_path
+
+    return Profile.load(default_profile_path())

@@ -1,0 +1,70 @@
+"""Reading JSON with clear errors, and atomic writes that never leave a half-written file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import BitallocError
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """Load a JSON object; a missing, unreadable or malformed file is a one-line BitallocError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BitallocError(f"{what} {str(p)!r}: no such file") from None
+    except OSError as e:
+        raise BitallocError(f"{what} {str(p)!r}: cannot be read ({e.strerror})") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise BitallocError(f"{what} {str(p)!r}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise BitallocError(f"{what} {str(p)!r}: top level is {type(data).__name__}, expected a JSON object")
+    return data
+
+
+def _reject_constant(name: str):
+    raise BitallocError(f"JSON constant {name}: not allowed (write null for a candidate that is not allowed)")
+
+
+def check_writable(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse to overwrite an existing file unless `force`; refuse a missing parent folder."""
+    p = Path(path)
+    if p.exists() and not force:
+        raise BitallocError(f"--out {str(p)!r}: file exists (pass --force to overwrite)")
+    if not p.parent.exists():
+        raise BitallocError(f"--out {str(p)!r}: folder {str(p.parent)!r} does not exist")
+    return p
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, force: bool = True) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    p = check_writable(path, force)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def dumps(obj) -> str:
+    """JSON text as bitalloc writes it: NaN/inf refused, so files stay standard JSON."""
+    return json.dumps(obj, indent=1, allow_nan=False) + "\n"

@@ -1,0 +1,9 @@
+"""Hardware cost models, one per file, found by name (`get_cost_model("memory")`)."""
+from ..registry import Registry
+
+COST_MODELS = Registry("cost model", {"memory": "bitalloc.hwcost.memory"})
+register = COST_MODELS.register
+
+
+def get_cost_model(name: str, **options):
+    return COST_MODELS.create(name, **options)

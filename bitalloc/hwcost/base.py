@@ -1,0 +1,35 @@
+"""CostModel: what one candidate of one unit costs in one resource."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class CostModel:
+    """A named resource with a unit.
+
+    `costs(profile) -> C: (N, K)` float64, the cost of unit n at candidate k in base units
+    (bits, cycles, ...). `scale(profile)` converts a user budget to base units
+    (cap = budget · scale), e.g. total parameters for an average in bits per weight.
+    `feasible(profile) -> (N, K) bool | None`: candidates with no kernel on the target.
+    `additive` is False for resources that are not a sum over units (peak SRAM); solvers that
+    only handle sums refuse those.
+    """
+
+    name = "cost"
+    resource = "cost"
+    unit = ""
+    additive = True
+
+    def costs(self, profile) -> np.ndarray:
+        raise NotImplementedError
+
+    def scale(self, profile) -> float:
+        return 1.0
+
+    def feasible(self, profile) -> np.ndarray | None:
+        return None
+
+    def total(self, profile, choice: np.ndarray) -> float:
+        """Total in user units for candidate index `choice: (N,)`."""
+        c = self.costs(profile)
+        return float(c[np.arange(len(choice)), choice].sum() / self.scale(profile))

@@ -1,0 +1,9 @@
+"""Solvers, one per file, found by name (`get_solver("ilp", backend="highs")`)."""
+from ..registry import Registry
+
+SOLVERS = Registry("solver", {"ilp": "bitalloc.solvers.ilp", "greedy": "bitalloc.solvers.greedy"})
+register = SOLVERS.register
+
+
+def get_solver(name: str, **options):
+    return SOLVERS.create(name, **options)

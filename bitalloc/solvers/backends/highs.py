@@ -1,0 +1,85 @@
+"""HiGHS through highspy, the model passed as arrays (no per-variable Python objects)."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from . import Backend, register
+from ..milp import BackendResult, Milp
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """highspy prints a banner from C++ when a Highs object is made; silence fd 1 meanwhile."""
+    try:
+        fd = os.dup(1)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(fd, 1)
+        os.close(fd)
+
+
+def new_highs():
+    import highspy
+
+    with _quiet_stdout():
+        h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
+def pass_model(h, m: Milp, integer: bool = True):
+    import highspy
+
+    lp = highspy.HighsLp()
+    J, nc = len(m.row), len(m.A)
+    lp.num_col_, lp.num_row_ = J, m.M + nc
+    lp.col_cost_ = m.cost
+    lp.col_lower_ = np.zeros(J)
+    lp.col_upper_ = np.ones(J)
+    lp.row_lower_ = np.concatenate([np.ones(m.M), np.full(nc, -highspy.kHighsInf)])
+    lp.row_upper_ = np.concatenate([np.ones(m.M), m.caps])
+    start, index, value = m.csc()
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = start, index, value
+    if integer:
+        lp.integrality_ = [highspy.HighsVarType.kInteger] * J
+    h.passModel(lp)
+
+
+@register("highs")
+class HighsBackend(Backend):
+    def solve(self, m: Milp, time_limit, gap, hint):
+        import highspy
+
+        h = new_highs()
+        pass_model(h, m)
+        h.setOptionValue("mip_rel_gap", gap)
+        h.setOptionValue("mip_abs_gap", 0.0)
+        h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+        h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+        if time_limit is not None:
+            h.setOptionValue("time_limit", float(time_limit))
+        if hint is not None:
+            sol = highspy.HighsSolution()
+            sol.col_value = m.x_of(hint)
+            h.setSolution(sol)
+        h.run()
+        st = h.getModelStatus()
+        info = h.getInfo()
+        S = highspy.HighsModelStatus
+        if st == S.kInfeasible:
+            return BackendResult(None, False, False, infeasible=True)
+        has = info.primal_solution_status == 2  # kSolutionStatusFeasible
+        choice = m.choice_of(h.getSolution().col_value) if has else None
+        bound = m.true_objective(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else None
+        return BackendResult(choice, st == S.kOptimal, st == S.kTimeLimit, bound=bound,
+                             info={"status": h.modelStatusToString(st), "nodes": int(info.mip_node_count)})

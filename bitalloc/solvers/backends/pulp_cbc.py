@@ -1,0 +1,36 @@
+"""PuLP with its bundled CBC. PuLP does not expose CBC's dual bound, so the ILP solver reports
+the LP relaxation bound when CBC stops before proving optimality."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import Backend, register
+from ..milp import BackendResult, Milp
+
+
+@register("pulp")
+class PulpBackend(Backend):
+    def solve(self, m: Milp, time_limit, gap, hint):
+        import pulp
+
+        prob = pulp.LpProblem("bitalloc", pulp.LpMinimize)
+        xs = [pulp.LpVariable(f"x{j}", cat="Binary") for j in range(len(m.row))]
+        prob += pulp.LpAffineExpression(zip(xs, m.cost.tolist()))
+        order = np.argsort(m.row, kind="stable")
+        bounds = np.searchsorted(m.row[order], np.arange(m.M + 1))
+        for r in range(m.M):
+            prob += pulp.LpAffineExpression((xs[j], 1) for j in order[bounds[r]:bounds[r + 1]].tolist()) == 1, f"one{r}"
+        for i, (a, cap) in enumerate(zip(m.A, m.caps)):
+            prob += pulp.LpAffineExpression(zip(xs, a.tolist())) <= float(cap), f"cap{i}"
+        if hint is not None:
+            for x, v in zip(xs, m.x_of(hint).tolist()):
+                x.setInitialValue(v)
+        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=hint is not None)
+        prob.solve(solver)
+        if prob.status == pulp.LpStatusInfeasible:
+            return BackendResult(None, False, False, infeasible=True)
+        has = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+        choice = m.choice_of([x.varValue or 0.0 for x in xs]) if has else None
+        proven = prob.sol_status == pulp.LpSolutionOptimal
+        return BackendResult(choice, proven, not proven, bound=None,
+                             info={"status": pulp.LpStatus[prob.status]})

@@ -1,0 +1,131 @@
+"""Solver: Problem → Allocation. Subclasses implement `_solve(compiled, warm) -> Result`."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..allocation import Allocation
+from ..errors import bad
+from ..hwcost.memory import MemoryCost
+from ..problem import Compiled, Problem, fits
+
+
+@dataclass
+class Result:
+    """choice: (M,) candidate per merged row, or None; status as in Allocation; bound: proven
+    lower bound on the optimum, or None; info: solver details kept in Allocation.meta."""
+
+    choice: np.ndarray | None
+    status: str
+    bound: float | None = None
+    info: dict = field(default_factory=dict)
+
+
+class Solver:
+    """Base class. `solve(problem)` for one problem; `solve_budgets(problem, budgets)` for the
+    same problem at several values of its first budget (compiled once, warm-started)."""
+
+    name = "solver"
+    objectives: tuple[str, ...] = ("sum",)
+    max_constraints: int | None = None
+
+    def __init__(self, time_limit: float | None = None):
+        if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
+                                       or not math.isfinite(time_limit) or time_limit <= 0):
+            raise bad("time_limit", time_limit, "must be a positive number of seconds")
+        self.time_limit = time_limit
+
+    def _solve(self, comp: Compiled, warm: Result | None) -> Result:
+        raise NotImplementedError
+
+    def solve(self, problem: Problem) -> Allocation:
+        return self.solve_budgets(problem, [None])[0]
+
+    def solve_budgets(self, problem: Problem, budgets: Sequence[float | None]) -> list[Allocation]:
+        self._check(problem)
+        t0 = time.perf_counter()
+        comp = problem.compile()
+        compile_s = time.perf_counter() - t0
+        out, warm = [], None
+        for b in budgets:
+            prob = problem if b is None else problem.with_budget(b)
+            t0 = time.perf_counter()
+            c = comp.with_caps([k.budget * k.cost.scale(prob.profile) for k in prob.constraints])
+            res = self._infeasible(c) or self._solve(c, warm)
+            if res.choice is not None and not c.feasible(res.choice):
+                res = Result(repair(c, res.choice), "feasible", res.bound, {**res.info, "repaired": True})
+            out.append(build_allocation(prob, c, res, self.name, time.perf_counter() - t0 + compile_s))
+            compile_s = 0.0
+            warm = res if res.choice is not None else warm
+        return out
+
+    def _check(self, problem: Problem):
+        if problem.objective not in self.objectives:
+            raise bad("objective", problem.objective, f"solver {self.name} supports: {', '.join(self.objectives)}")
+        if not problem.constraints:
+            raise bad("constraints", "none", "give at least one budget")
+        if self.max_constraints is not None and len(problem.constraints) > self.max_constraints:
+            raise bad("constraints", len(problem.constraints),
+                      f"solver {self.name} handles at most {self.max_constraints}; use --solver ilp")
+        for c in problem.constraints:
+            if not c.cost.additive:
+                raise bad("constraint", c.cost.resource, f"is not a sum over units; solver {self.name} cannot handle it")
+
+    @staticmethod
+    def _infeasible(comp: Compiled) -> Result | None:
+        if all(fits(t, cap) for t, cap in zip(comp.min_totals(), comp.caps)):
+            return None
+        return Result(None, "infeasible")
+
+
+def repair(comp: Compiled, choice: np.ndarray) -> np.ndarray:
+    """Move units to cheaper candidates, least loss per unit of excess first, until every budget fits."""
+    choice = choice.copy()
+    rows = np.arange(len(choice))
+    allowed = comp.allowed
+    for _ in range(len(choice) * comp.S.shape[1]):
+        over = [(t - cap) / max(cap, 1e-300) for t, cap in zip(comp.totals(choice), comp.caps)]
+        if max(over) <= 0 or all(fits(t, cap) for t, cap in zip(comp.totals(choice), comp.caps)):
+            return choice
+        weight = np.array([max(o, 0.0) for o in over]) / np.maximum(comp.caps, 1e-300)
+        saved = sum(w * (c[rows, choice][:, None] - c) for w, c in zip(weight, comp.C))
+        loss = comp.S - comp.S[rows, choice][:, None]
+        score = np.where(allowed & (saved > 0), loss / np.where(saved > 0, saved, 1), np.inf)
+        i, k = np.unravel_index(np.argmin(score), score.shape)
+        if not np.isfinite(score[i, k]):
+            break
+        choice[i] = k
+    return choice
+
+
+def build_allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall: float) -> Allocation:
+    p = problem.profile
+    budgets = {c.cost.resource: float(c.budget) for c in problem.constraints}
+    if res.choice is None:
+        mins = comp.min_totals() if res.status == "infeasible" else []
+        return Allocation({}, res.status, solver, budgets=budgets, wall_s=wall, meta=res.info,
+                          min_budgets={c.cost.resource: float(m / c.cost.scale(p))
+                                       for c, m in zip(problem.constraints, mins)})
+    choice = res.choice[comp.group]
+    objective = comp.objective_value(res.choice)
+    gap = None
+    if res.bound is not None:
+        bound = min(res.bound, objective)
+        gap = float((objective - bound) / abs(objective)) if objective else 0.0
+    else:
+        bound = None
+    status = res.status
+    if status == "feasible" and gap is not None and gap <= 1e-12:
+        status = "optimal"  # the certified bound meets the objective
+    bits = dict(zip(p.names, np.asarray(p.bits)[choice].tolist()))
+    formats = dict(zip(p.names, (p.formats[k] for k in choice.tolist()))) if p.has_formats else None
+    totals = {"avg_bits": MemoryCost().total(p, choice),
+              "avg_bits_with_overhead": MemoryCost(count_overhead=True).total(p, choice)}
+    totals.update({c.cost.resource: c.cost.total(p, choice) for c in problem.constraints})
+    return Allocation(bits, status, solver, objective=objective, bound=bound, gap=gap,
+                      avg_bits=totals["avg_bits"], avg_bits_with_overhead=totals["avg_bits_with_overhead"],
+                      totals=totals, budgets=budgets, formats=formats, wall_s=wall, meta=res.info)

@@ -1,0 +1,53 @@
+"""ILP: the exact multiple-choice knapsack, any number of additive budgets.
+
+Backends (`backend=`): `highs` (default; the fastest here), `pulp` (CBC), `cpsat` (OR-Tools).
+Every run starts from a feasible allocation (greedy for one budget, else the previous budget's
+answer) so a time limit still returns one. Status is `optimal` only when the backend proved it
+within `gap`; the bound is the backend's dual bound or, failing that, the LP relaxation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import bad
+from ..problem import Compiled
+from . import register
+from .backends import BACKENDS
+from .base import Result, Solver
+from .frontier import frontier
+from .greedy import fill, lp_greedy
+from .milp import Milp, lp_bound
+
+
+@register("ilp")
+class IlpSolver(Solver):
+    def __init__(self, backend: str = "highs", time_limit: float | None = None, gap: float = 1e-9):
+        super().__init__(time_limit)
+        if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 <= gap < 1:
+            raise bad("gap", gap, "must be a relative gap in [0, 1)")
+        self.backend_name = backend
+        self.backend = BACKENDS.create(backend)
+        self.gap = float(gap)
+
+    def _solve(self, comp: Compiled, warm: Result | None) -> Result:
+        hint, lp = None, None
+        if len(comp.C) == 1:
+            choice, lp = lp_greedy(comp.S, comp.C[0], comp.caps[0], frontier(comp.S, comp.C[0]))
+            hint = fill(comp.S, comp.C[0], comp.caps[0], choice)
+        elif warm is not None and warm.choice is not None and comp.feasible(warm.choice):
+            hint = warm.choice
+        m = Milp.build(comp)
+        r = self.backend.solve(m, self.time_limit, self.gap, hint)
+        info = {"backend": self.backend_name, **r.info}
+        if r.infeasible:
+            return Result(None, "infeasible", info=info)
+        choice = r.choice
+        if hint is not None and (choice is None or comp.objective_value(hint) < comp.objective_value(choice)):
+            choice = hint
+        if r.bound is None and not r.proven:
+            lp = lp if lp is not None else lp_bound(m)
+        bound = max(b for b in (r.bound, lp) if b is not None) if (r.bound, lp) != (None, None) else None
+        if r.proven and choice is not None:
+            bound = comp.objective_value(choice) if bound is None else bound
+            return Result(choice, "optimal", bound, info)
+        return Result(choice, "time_limit" if r.timed_out else "feasible", bound, info)
