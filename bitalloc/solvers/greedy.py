@@ -7,6 +7,8 @@ threshold found by bucketing log-efficiencies (a weighted histogram) and sorting
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..problem import Compiled
@@ -33,14 +35,24 @@ class GreedySolver(Solver):
         return self._cache[1]
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
-        choice, bound = lp_greedy(comp.S, comp.C[0], comp.caps[0], self._frontier(comp))
-        if self.fill:
-            choice = fill(comp.S, comp.C[0], comp.caps[0], choice)
-        return Result(choice, "feasible", bound, {"lp_bound": bound})
+        lp = lp_greedy(comp.S, comp.C[0], comp.caps[0], self._frontier(comp))
+        choice = fill(comp.S, comp.C[0], comp.caps[0], lp.choice) if self.fill else lp.choice
+        return Result(choice, "feasible", lp.bound, {"lp_bound": lp.bound, "lp_dual": lp.dual})
 
 
-def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> tuple[np.ndarray, float]:
-    """Integer allocation from the LP optimum (the fractional segment dropped) and the LP value."""
+@dataclass
+class LpGreedy:
+    """choice: (M,) integer allocation (the LP optimum with its fractional segment dropped);
+    bound: LP relaxation value; dual: the LP's price of one unit of cost (the efficiency at
+    the threshold), so S + dual·C has the same minimizers as the LP."""
+
+    choice: np.ndarray
+    bound: float
+    dual: float
+
+
+def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> LpGreedy:
+    """Solve the LP relaxation on the hulls and round it down."""
     M = len(fr.start)
     rows = np.arange(M)
     base_cost = C[rows, fr.start].sum()
@@ -49,9 +61,8 @@ def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> tuple[n
     e, dc, ds = fr.eff.ravel(), fr.dc.ravel(), fr.ds.ravel()
     real = e > 0
     if dc[real].sum() <= room:  # everything fits: every row at its least-loss candidate
-        taken = fr.n_seg
-        choice = fr.candidate(taken)
-        return choice, float(S[rows, choice].sum())
+        choice = fr.candidate(fr.n_seg)
+        return LpGreedy(choice, float(S[rows, choice].sum()), 0.0)
     free = np.isinf(e)  # zero-cost upgrades: always taken
     idx = np.flatnonzero(real & ~free)
     le = np.log(e[idx])
@@ -72,12 +83,13 @@ def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> tuple[n
     taken = take.reshape(fr.eff.shape).sum(1)
     choice = fr.candidate(taken)
     obj = float(base_obj + ds[take].sum())
-    bound = obj
+    bound, dual = obj, 0.0
     if n_fit < len(members):  # the fractional segment of the LP optimum
         f = members[n_fit]
         used = csum[n_fit - 1] if n_fit else before
         bound = obj + (room - used) / dc[f] * ds[f]
-    return choice, float(bound)
+        dual = e[f]
+    return LpGreedy(choice, float(bound), float(dual))
 
 
 def fill(S: np.ndarray, C: np.ndarray, cap: float, choice: np.ndarray, passes: int = 3) -> np.ndarray:

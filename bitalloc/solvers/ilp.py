@@ -7,6 +7,8 @@ within `gap`; the bound is the backend's dual bound or, failing that, the LP rel
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..errors import bad
@@ -30,15 +32,17 @@ class IlpSolver(Solver):
         self.gap = float(gap)
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
-        hint, lp = None, None
+        hint, lp, full = None, None, comp
         if len(comp.C) == 1:
-            choice, lp = lp_greedy(comp.S, comp.C[0], comp.caps[0], frontier(comp.S, comp.C[0]))
-            hint = fill(comp.S, comp.C[0], comp.caps[0], choice)
+            g = lp_greedy(comp.S, comp.C[0], comp.caps[0], frontier(comp.S, comp.C[0]))
+            hint, lp = fill(comp.S, comp.C[0], comp.caps[0], g.choice), g.bound
+            comp = fix_by_reduced_cost(comp, g.dual, lp, comp.objective_value(hint))
         elif warm is not None and warm.choice is not None and comp.feasible(warm.choice):
             hint = warm.choice
         m = Milp.build(comp)
         r = self.backend.solve(m, self.time_limit, self.gap, hint)
-        info = {"backend": self.backend_name, **r.info}
+        info = {"backend": self.backend_name, "cells": int(np.isfinite(comp.S).sum()),
+                "cells_before_fixing": int(np.isfinite(full.S).sum()), **r.info}
         if r.infeasible:
             return Result(None, "infeasible", info=info)
         choice = r.choice
@@ -51,3 +55,20 @@ class IlpSolver(Solver):
             bound = comp.objective_value(choice) if bound is None else bound
             return Result(choice, "optimal", bound, info)
         return Result(choice, "time_limit" if r.timed_out else "feasible", bound, info)
+
+
+def fix_by_reduced_cost(comp: Compiled, dual: float, lower: float, upper: float) -> Compiled:
+    """Drop cells that no allocation better than `upper` can use (exact; one constraint).
+
+    For any feasible allocation x and price λ >= 0: obj(x) >= L(λ) + Σ_m rc(m, x_m), where
+    rc(m, k) = S_mk + λC_mk − min_j (S_mj + λC_mj) >= 0 and L(λ) is the Lagrangian bound
+    (= `lower`, the LP value, at the LP dual). So a cell with rc > upper − lower is in no
+    allocation that beats the incumbent.
+    """
+    S, C = comp.S, comp.C[0]
+    with np.errstate(invalid="ignore"):
+        red = S + dual * C
+    red = red - np.where(np.isfinite(red), red, np.inf).min(1, keepdims=True)
+    slack = (upper - lower) + 1e-9 * max(abs(upper), 1e-300)
+    keep = np.isfinite(S) & (red <= slack)
+    return replace(comp, S=np.where(keep, S, np.inf))
