@@ -63,8 +63,7 @@ class Allocation:
         unknown = set(d) - names - {"schema"}
         if unknown:
             raise bad(f"{where}: field", sorted(unknown)[0], f"allowed fields: {', '.join(sorted(names))}")
-        if not isinstance(d.get("bits"), dict):
-            raise bad(f"{where}: bits", d.get("bits"), "must be an object mapping unit name to bits")
+        _check_fields(d, where)
         return cls(**{k: v for k, v in d.items() if k != "schema"})
 
     def save(self, path, force: bool = False) -> Path:
@@ -88,3 +87,24 @@ class Allocation:
                 raise bad(f"allocation bits of {s!r}", b, "is not a candidate of the profile")
             out[i] = k
         return out
+
+
+def _check_fields(d: dict, where: str) -> None:
+    bits = d.get("bits")
+    if not isinstance(bits, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                             and 1 <= v <= 32 for k, v in bits.items()):
+        raise bad(f"{where}: bits", bits, "must map each unit name to an integer bit-width from 1 to 32")
+    for k in ("status", "solver"):
+        if not isinstance(d.get(k), str):
+            raise bad(f"{where}: {k}", d.get(k), "must be a string")
+    for k in ("objective", "bound", "gap", "avg_bits", "avg_bits_with_overhead", "wall_s"):
+        v = d.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise bad(f"{where}: {k}", v, "must be a number or null")
+    for k in ("totals", "budgets", "min_budgets"):
+        v = d.get(k, {})
+        if not isinstance(v, dict) or not all(isinstance(x, (int, float)) for x in v.values()):
+            raise bad(f"{where}: {k}", v, "must map resource names to numbers")
+    f = d.get("formats")
+    if f is not None and (not isinstance(f, dict) or set(f) != set(bits)):
+        raise bad(f"{where}: formats", f, "must map the same unit names as bits to format names")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the allocation JSON (several budgets: {budget} in the name, or .b<budget> is added)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     s.add_argument("--json", action="store_true", help="print the allocation(s) as JSON instead of tables")
+    s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)  # also accepted after the subcommand
     s.set_defaults(func=cmd_solve)
     return p
 
@@ -96,6 +98,7 @@ def cmd_solve(args) -> int:
     for a, b in zip(allocs, budgets):
         if a.status == "infeasible":
             res, m = next(iter(a.min_budgets.items()))
+            m = math.ceil(m * 1e4 - 1e-8) / 1e4  # rounded up, so the number shown is itself feasible
             raise BitallocError(f"budget {b:g} is below the smallest feasible {res} {m:.4f} for this profile"
                                 " (with its pins and limits); infeasible")
         if not a.ok:

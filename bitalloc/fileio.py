@@ -18,17 +18,39 @@ def read_json(path: str | os.PathLike, what: str) -> dict:
         raise BitallocError(f"{what} {str(p)!r}: no such file") from None
     except OSError as e:
         raise BitallocError(f"{what} {str(p)!r}: cannot be read ({e.strerror})") from None
+    seen: list[str] = []
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=lambda name: seen.append(name) or _Constant(name))
     except json.JSONDecodeError as e:
         raise BitallocError(f"{what} {str(p)!r}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     if not isinstance(data, dict):
         raise BitallocError(f"{what} {str(p)!r}: top level is {type(data).__name__}, expected a JSON object")
+    if seen:  # NaN / Infinity are not JSON: name the field that holds one
+        field, name = _find_constant(data)
+        raise BitallocError(f"{what} {str(p)!r}: {field} {name}: not allowed (write a number, "
+                            "or null for a candidate that is not allowed)")
     return data
 
 
-def _reject_constant(name: str):
-    raise BitallocError(f"JSON constant {name}: not allowed (write null for a candidate that is not allowed)")
+class _Constant:
+    """Placeholder for a NaN/Infinity/-Infinity literal, so its place can be named."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _find_constant(data) -> tuple[str, str]:
+    """(path such as `sensitivity[3][1]` or `meta.x`, literal) of the first NaN/Infinity."""
+    stack = [("", data)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, _Constant):
+            return where or "value", v.name
+        if isinstance(v, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), x) for k, x in reversed(list(v.items())))
+        elif isinstance(v, list):
+            stack.extend((f"{where}[{i}]", x) for i, x in reversed(list(enumerate(v))))
+    return "value", "NaN"
 
 
 def check_writable(path: str | os.PathLike, force: bool) -> Path:

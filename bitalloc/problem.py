@@ -60,8 +60,13 @@ class Compiled:
 
     def min_totals(self) -> np.ndarray:
         """Smallest reachable total of each constraint on its own (cheapest allowed candidate per row)."""
-        ok = self.allowed
-        return np.array([np.where(ok, c, np.inf).min(axis=1).sum() for c in self.C])
+        out = []
+        for c in self.C:
+            best = np.full(len(self.S), np.inf)
+            for k in range(self.S.shape[1]):  # column by column: no (M, K) temporaries
+                np.minimum(best, np.where(np.isfinite(self.S[:, k]), c[:, k], np.inf), out=best)
+            out.append(best.sum())
+        return np.array(out)
 
     def totals(self, choice: np.ndarray) -> np.ndarray:
         rows = np.arange(len(choice))
@@ -161,7 +166,7 @@ class Problem:
             k = resolve_candidate(p, cand, f"pin {pattern}={cand}")
             rows = match_units(p.names, pattern)
             if not rows:
-                raise bad("pin", f"{pattern}={cand}", "the pattern matches no unit (globs match whole names: try '*lm_head*')")
+                raise bad("pin", f"{pattern}={cand}", "the pattern matches no unit name (a glob on the whole name or a dotted suffix)")
             for i in rows:
                 if out.get(i, k) != k:
                     raise bad("pin", f"{pattern}={cand}", f"unit {p.names[i]!r} is also pinned to {labels[out[i]]}")
@@ -219,8 +224,10 @@ def _merge(a: np.ndarray, group: np.ndarray, m: int, how: str) -> np.ndarray:
 
 
 def match_units(names: list[str], pattern: str) -> list[int]:
-    """Rows whose name matches the glob `pattern` (whole name, case-sensitive)."""
-    return [i for i, s in enumerate(names) if fnmatch.fnmatchcase(s, pattern)]
+    """Rows whose name matches the glob `pattern`, as a whole name or as a dotted suffix
+    (`lm_head` matches `model.lm_head`; `mlp.down_proj` matches every block's down_proj)."""
+    return [i for i, s in enumerate(names)
+            if fnmatch.fnmatchcase(s, pattern) or fnmatch.fnmatchcase(s, "*." + pattern)]
 
 
 def resolve_candidate(profile: Profile, cand, field: str) -> int:

@@ -186,6 +186,7 @@ class Profile:
         if not isinstance(units_raw, list):
             raise bad("units", type(units_raw).__name__, "must be a list of unit objects")
         units = [_unit_from_json(u, i) for i, u in enumerate(units_raw)]
+        _check_bits(d.get("bits"))  # before the rows, whose length it sets
         sens = d.get("sensitivity")
         if not isinstance(sens, list):
             raise bad("sensitivity", type(sens).__name__, "must be a list of rows, one per unit")
@@ -276,7 +277,7 @@ def _rows_to_array(rows: list, n: int, bits) -> np.ndarray:
         for j, v in enumerate(row):
             if v is None:
                 out[i, j] = np.inf
-            elif isinstance(v, bool) or not isinstance(v, (int, float)):
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise bad(f"sensitivity[{i}][{j}]", v, "must be a number >= 0, or null if not allowed")
             else:
                 out[i, j] = v
@@ -290,12 +291,21 @@ def _unit_from_json(u, i: int) -> Unit:
         raise bad(f"units[{i}]", u, "must have 'name' and 'n_params'")
     shape = u.get("shape", ())
     index = u.get("index")
+    if not isinstance(shape, list | tuple) or not all(_is_int(x) and x > 0 for x in shape):
+        raise bad(f"units[{i}].shape", shape, "must be a list of positive integers, e.g. [576, 1536]")
+    if index is not None and (not isinstance(index, list | tuple) or len(index) != 2
+                              or not all(_is_int(x) and x >= 0 for x in index)):
+        raise bad(f"units[{i}].index", index, "must be [start, stop], two non-negative integers")
     try:
         return Unit(u["name"], u.get("layer", ""), u.get("kind", "weight"), u["n_params"], u.get("macs", 0),
                     tuple(shape), tuple(index) if index is not None else None,
                     {k: v for k, v in u.items() if k not in _UNIT_KEYS})
     except BitallocError as e:
         raise BitallocError(f"units[{i}]: {e}") from None
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _rows_cols(u: Unit) -> tuple[int, int]:

@@ -1,8 +1,6 @@
 """Shared fixtures: small random profiles, a brute-force reference solver, a SmolLM-like profile."""
 from __future__ import annotations
 
-import itertools
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,47 +57,47 @@ class Brute:
 
 def brute_force(profile: Profile, budgets=(), costs=(), pins: dict | None = None, ties=(),
                 min_bits: int | None = None, max_bits: int | None = None) -> Brute:
-    """Enumerate every assignment. `budgets` apply to `costs` (list of (N, K) cost matrices
-    already divided by their scale, i.e. in user units); with no `costs`, one budget on average
-    nominal bits. pins: {exact unit name: bits}; ties: lists of unit names sharing a candidate."""
+    """Enumerate every assignment (vectorized; K^N rows). `budgets` apply to `costs`, a list of
+    (N, K) cost matrices in user units (already divided by their scale); with no `costs`, one
+    budget on average nominal bits. pins: {glob: bits}; ties: lists of unit names sharing a
+    candidate; min_bits / max_bits: limits on nominal bits."""
     import fnmatch
 
     N, K = profile.sensitivity.shape
     bits = np.asarray(profile.bits)
     S = profile.sensitivity
-    if not costs:
-        costs = [profile.n_params[:, None] * bits[None, :] / profile.n_params.sum()]
-        budgets = list(budgets)
     avg = profile.n_params[:, None] * bits[None, :] / profile.n_params.sum()
-    fixed = {}
+    if not len(costs):
+        costs = [avg]
+    ch = np.indices((K,) * N).reshape(N, -1).T  # every assignment, one per row
+    rows = np.arange(N)
+    v = S[rows, ch]
+    ok = np.isfinite(v).all(1)
     for pat, b in (pins or {}).items():
         k = profile.bits.index(b)
         for i, s in enumerate(profile.names):
             if fnmatch.fnmatchcase(s, pat):
-                fixed[i] = k
+                ok &= ch[:, i] == k
     index = profile.index()
-    tie_rows = [[index[s] for s in t] for t in ties]
-    rows = np.arange(N)
-    best, best_choice, min_avg = None, None, None
-    for ch in itertools.product(range(K), repeat=N):
-        ch = np.array(ch)
-        v = S[rows, ch]
-        if not np.isfinite(v).all():
-            continue
-        if any(ch[i] != k for i, k in fixed.items()):
-            continue
-        if any(len(set(ch[t].tolist())) > 1 for t in tie_rows):
-            continue
-        b = bits[ch]
-        if (min_bits is not None and (b < min_bits).any()) or (max_bits is not None and (b > max_bits).any()):
-            continue
-        a = avg[rows, ch].sum()
-        min_avg = a if min_avg is None else min(min_avg, a)
-        if all(c[rows, ch].sum() <= cap * (1 + 1e-12) for c, cap in zip(costs, budgets)):
-            o = float(v.sum())
-            if best is None or o < best:
-                best, best_choice = o, ch
-    return Brute(best, best_choice, min_avg)
+    for t in ties:
+        r = [index[s] for s in t]
+        ok &= (ch[:, r] == ch[:, r[:1]]).all(1)
+    if min_bits is not None:
+        ok &= (bits[ch] >= min_bits).all(1)
+    if max_bits is not None:
+        ok &= (bits[ch] <= max_bits).all(1)
+    if not ok.any():
+        return Brute(None, None, None)
+    a = avg[rows, ch].sum(1)
+    min_avg = float(a[ok].min())
+    fit = ok.copy()
+    for c, cap in zip(costs, budgets):
+        fit &= c[rows, ch].sum(1) <= cap + 1e-12 * max(abs(cap), 1.0)
+    if not fit.any():
+        return Brute(None, None, min_avg)
+    obj = np.where(fit, np.where(ok[:, None], v, 0.0).sum(1), np.inf)
+    j = int(np.argmin(obj))
+    return Brute(float(obj[j]), ch[j], min_avg)
 
 
 def avg_bits_of(profile: Profile, bits_by_name: dict) -> float:
@@ -148,11 +146,6 @@ def smollm_path(tmp_path, smollm):
     return path
 
 
-def write_json_text(path, text: str):
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def profile_doc(n_units: int = 3, bits=(2, 4, 8)) -> dict:
     """A valid small profile document (JSON form) to corrupt in tests."""
     units = [{"name": f"layers.{i}.proj", "n_params": 100 * (i + 1), "macs": 100 * (i + 1), "shape": [10, 10 * (i + 1)]}
@@ -160,7 +153,3 @@ def profile_doc(n_units: int = 3, bits=(2, 4, 8)) -> dict:
     sens = [[round(float(w) * 4.0 ** -b, 12) for b in bits] for w in range(1, n_units + 1)]
     return {"schema": "bitalloc.profile/1", "bits": list(bits), "units": units, "sensitivity": sens,
             "meta": {"estimator": "test"}}
-
-
-def dump(doc) -> str:
-    return json.dumps(doc)

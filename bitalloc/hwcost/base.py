@@ -29,7 +29,11 @@ class CostModel:
     def feasible(self, profile) -> np.ndarray | None:
         return None
 
+    def chosen(self, profile, choice: np.ndarray) -> np.ndarray:
+        """(N,) cost of each unit at its chosen candidate index `choice: (N,)`, base units.
+        Subclasses with a closed form override this to avoid building the (N, K) matrix."""
+        return self.costs(profile)[np.arange(len(choice)), choice]
+
     def total(self, profile, choice: np.ndarray) -> float:
         """Total in user units for candidate index `choice: (N,)`."""
-        c = self.costs(profile)
-        return float(c[np.arange(len(choice)), choice].sum() / self.scale(profile))
+        return float(self.chosen(profile, choice).sum() / self.scale(profile))

@@ -42,18 +42,31 @@ class MemoryCost(CostModel):
         bits = np.asarray(profile.bits, dtype=np.float64)
         c = profile.n_params[:, None].astype(np.float64) * bits[None, :]
         if self.count_overhead:
-            c += self.overhead(profile)
+            c += self._per_unit_overhead(profile)[:, None] * self._quantized(profile)[None, :]
+        return c
+
+    def chosen(self, profile, choice: np.ndarray) -> np.ndarray:
+        c = profile.n_params.astype(np.float64) * np.asarray(profile.bits, dtype=np.float64)[choice]
+        if self.count_overhead:
+            c += self._per_unit_overhead(profile) * self._quantized(profile)[choice]
         return c
 
     def overhead(self, profile) -> np.ndarray:
         """(N, K) metadata bits: group scales/zeros for quantized candidates plus kept outliers."""
+        return self._per_unit_overhead(profile)[:, None] * self._quantized(profile)[None, :]
+
+    def _per_unit_overhead(self, profile) -> np.ndarray:
+        """(N,) bits of group scales/zeros plus kept outliers, for a quantized candidate."""
         g = self.group_size or int(profile.meta.get("group_size", 128))
         frac = self.outlier_fraction if self.outlier_fraction is not None else float(profile.meta.get("outlier_fraction", 0.0))
-        n_groups = profile.rows * -(-profile.cols // g)
-        quantized = np.array([f not in UNQUANTIZED for f in profile.formats], dtype=np.float64)
-        meta = n_groups[:, None].astype(np.float64) * (self.scale_bits + self.zero_bits) * quantized[None, :]
+        n_groups = (profile.rows * -(-profile.cols // g)).astype(np.float64)
         outliers = np.round(frac * profile.n_params).astype(np.float64)
-        return meta + outliers[:, None] * self.outlier_bits * quantized[None, :]
+        return n_groups * (self.scale_bits + self.zero_bits) + outliers * self.outlier_bits
+
+    @staticmethod
+    def _quantized(profile) -> np.ndarray:
+        """(K,) 1.0 for candidates that are quantized (carry group metadata), 0.0 for kept floats."""
+        return np.array([f not in UNQUANTIZED for f in profile.formats], dtype=np.float64)
 
     def scale(self, profile) -> float:
         return float(profile.n_params.sum())

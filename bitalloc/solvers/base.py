@@ -125,7 +125,8 @@ def build_allocation(problem: Problem, comp: Compiled, res: Result, solver: str,
     formats = dict(zip(p.names, (p.formats[k] for k in choice.tolist()))) if p.has_formats else None
     totals = {"avg_bits": MemoryCost().total(p, choice),
               "avg_bits_with_overhead": MemoryCost(count_overhead=True).total(p, choice)}
-    totals.update({c.cost.resource: c.cost.total(p, choice) for c in problem.constraints})
+    totals.update({c.cost.resource: float(t / c.cost.scale(p))  # from the compiled matrices: no rebuild
+                   for c, t in zip(problem.constraints, comp.totals(res.choice))})
     return Allocation(bits, status, solver, objective=objective, bound=bound, gap=gap,
                       avg_bits=totals["avg_bits"], avg_bits_with_overhead=totals["avg_bits_with_overhead"],
                       totals=totals, budgets=budgets, formats=formats, wall_s=wall, meta=res.info)

@@ -5,6 +5,9 @@ in order of efficiency across all units solves the LP relaxation of the multiple
 knapsack exactly (Sinha & Zoltners, 1979). Most real units are already convex (quantization
 error falls geometrically with bits), so rows are checked in one pass and only the rest go
 through the general hull walk.
+
+Layout: candidates as contiguous rows, (K, M) (candidate-major), so that every step is a
+contiguous pass over M units.
 """
 from __future__ import annotations
 
@@ -15,10 +18,10 @@ import numpy as np
 
 @dataclass
 class Frontier:
-    """start: (M,) cheapest hull candidate of each row (original candidate index).
-    to, dc, ds, eff: (M, K-1) padded hull segments in chain order: the candidate reached, its
-    cost increase (>= 0), loss change (< 0) and efficiency -ds/dc (inf when dc = 0); padding
-    has eff = -1. n_seg: (M,) real segments per row."""
+    """start: (M,) cheapest hull candidate of each unit (original candidate index).
+    to, dc, ds, eff: (K-1, M) hull segments in chain order, padded: the candidate reached
+    (int8), its cost increase (>= 0), loss change (< 0) and efficiency −ds/dc (inf when dc = 0);
+    padding has dc = ds = 0 and eff = −1. n_seg: (M,) real segments per unit."""
 
     start: np.ndarray
     to: np.ndarray
@@ -28,9 +31,11 @@ class Frontier:
     n_seg: np.ndarray
 
     def candidate(self, taken: np.ndarray) -> np.ndarray:
-        """Candidate of each row after taking its first `taken[m]` segments."""
-        rows = np.arange(len(taken))
-        last = self.to[rows, np.maximum(taken - 1, 0)]
+        """Candidate of each unit after taking its first `taken[m]` segments."""
+        if self.to.shape[0] == 0:
+            return self.start.copy()
+        units = np.arange(len(taken))
+        last = self.to[np.maximum(taken - 1, 0), units]
         return np.where(taken > 0, last, self.start)
 
 
@@ -38,42 +43,47 @@ def frontier(S: np.ndarray, C: np.ndarray) -> Frontier:
     """S, C: (M, K) loss (inf = not allowed) and cost of each candidate."""
     M, K = S.shape
     if K == 1:
-        z = np.zeros((M, 0))
-        return Frontier(np.zeros(M, np.int64), z.astype(np.int64), z, z, z, np.zeros(M, np.int64))
-    order = None
-    if not (np.diff(C, axis=1) >= 0).all():
-        order = np.argsort(C, axis=1, kind="stable")
-        S = np.take_along_axis(S, order, 1)
-        C = np.take_along_axis(C, order, 1)
+        z = np.zeros((0, M))
+        return Frontier(np.zeros(M, np.int64), z.astype(np.int8), z, z, z, np.zeros(M, np.int64))
+    if any((C[:, j + 1] < C[:, j]).any() for j in range(K - 1)):
+        order = np.argsort(C, axis=1, kind="stable")  # some unit's candidates are not in cost order
+        fr = frontier(np.take_along_axis(S, order, 1), np.take_along_axis(C, order, 1))
+        fr.start = np.take_along_axis(order, fr.start[:, None], 1)[:, 0]
+        fr.to = np.take_along_axis(order, fr.to.T.astype(np.int64), 1).T.astype(np.int8)
+        return fr
+    # Column by column into preallocated (K-1, M) outputs: no (M, K)-sized temporaries.
+    dc, ds, eff = (np.empty((K - 1, M)) for _ in range(3))
+    convex = np.isfinite(S[:, 0])
     with np.errstate(invalid="ignore", divide="ignore"):
-        dc = np.diff(C, axis=1)
-        ds = np.diff(S, axis=1)
-        eff = -ds / dc
-        convex = (np.isfinite(S).all(1) & (dc > 0).all(1) & (ds < 0).all(1)
-                  & (np.diff(eff, axis=1) < 0).all(1))
-    to = np.broadcast_to(np.arange(1, K), (M, K - 1)).copy()
+        for j in range(K - 1):
+            np.subtract(C[:, j + 1], C[:, j], out=dc[j])
+            np.subtract(S[:, j + 1], S[:, j], out=ds[j])
+            np.divide(ds[j], dc[j], out=eff[j])
+            np.negative(eff[j], out=eff[j])
+            convex &= (dc[j] > 0) & (ds[j] < 0)
+            if j:
+                convex &= eff[j] < eff[j - 1]
+    to = np.repeat(np.arange(1, K, dtype=np.int8)[:, None], M, axis=1)
     start = np.zeros(M, np.int64)
     n_seg = np.full(M, K - 1)
     bad = np.flatnonzero(~convex)
     if len(bad):
         s, t, c, d, e, n = _hull_walk(S[bad], C[bad])
-        start[bad], to[bad], dc[bad], ds[bad], eff[bad], n_seg[bad] = s, t, c, d, e, n
-    if order is not None:
-        start = np.take_along_axis(order, start[:, None], 1)[:, 0]
-        to = np.take_along_axis(order, to, 1)
+        start[bad], n_seg[bad] = s, n
+        to[:, bad], dc[:, bad], ds[:, bad], eff[:, bad] = t.T, c.T, d.T, e.T
     return Frontier(start, to, dc, ds, eff, n_seg)
 
 
 def _hull_walk(S, C):
-    """General rows: from the cheapest allowed point, repeatedly step to the point with the
-    steepest loss decrease per cost (farthest on ties). Columns are sorted by cost."""
+    """General rows, (m, K) sorted by cost: from the cheapest allowed point, repeatedly step to
+    the point with the steepest loss decrease per cost (farthest on ties)."""
     M, K = S.shape
     rows = np.arange(M)
     ok = np.isfinite(S)
     cmin = np.where(ok, C, np.inf).min(1, keepdims=True)
     cur = np.argmin(np.where(ok & (C == cmin), S, np.inf), axis=1)
     start = cur.copy()
-    to = np.zeros((M, K - 1), np.int64)
+    to = np.zeros((M, K - 1), np.int8)
     dc = np.zeros((M, K - 1))
     ds = np.zeros((M, K - 1))
     eff = np.full((M, K - 1), -1.0)

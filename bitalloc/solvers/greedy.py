@@ -16,9 +16,6 @@ from . import register
 from .base import Result, Solver
 from .frontier import Frontier, frontier
 
-N_BUCKETS = 4096
-
-
 @register("greedy")
 class GreedySolver(Solver):
     max_constraints = 1
@@ -29,10 +26,10 @@ class GreedySolver(Solver):
         self._cache: tuple | None = None
 
     def _frontier(self, comp: Compiled) -> Frontier:
-        key = (id(comp.S), id(comp.C[0]))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, frontier(comp.S, comp.C[0]))
-        return self._cache[1]
+        c = self._cache  # the same compiled arrays across budgets: reuse the hulls
+        if c is None or c[0] is not comp.S or c[1] is not comp.C[0]:
+            self._cache = c = (comp.S, comp.C[0], frontier(comp.S, comp.C[0]))
+        return c[2]
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
         lp = lp_greedy(comp.S, comp.C[0], comp.caps[0], self._frontier(comp))
@@ -54,35 +51,27 @@ class LpGreedy:
 def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> LpGreedy:
     """Solve the LP relaxation on the hulls and round it down."""
     M = len(fr.start)
-    rows = np.arange(M)
-    base_cost = C[rows, fr.start].sum()
-    base_obj = S[rows, fr.start].sum()
+    units = np.arange(M)
+    base_cost = C[units, fr.start].sum()
+    base_obj = S[units, fr.start].sum()
     room = cap - base_cost
-    e, dc, ds = fr.eff.ravel(), fr.dc.ravel(), fr.ds.ravel()
-    real = e > 0
-    if dc[real].sum() <= room:  # everything fits: every row at its least-loss candidate
+    e, dc, ds = fr.eff.ravel(), fr.dc.ravel(), fr.ds.ravel()  # flat index = segment j · M + unit
+    if dc.sum() <= room:  # everything fits: every unit at its least-loss candidate (padding has dc = 0)
         choice = fr.candidate(fr.n_seg)
-        return LpGreedy(choice, float(S[rows, choice].sum()), 0.0)
-    free = np.isinf(e)  # zero-cost upgrades: always taken
-    idx = np.flatnonzero(real & ~free)
-    le = np.log(e[idx])
-    lo, hi = le.min(), le.max()
-    width = (hi - lo) / (N_BUCKETS - 1) if hi > lo else 1.0
-    bucket = ((hi - le) / width).astype(np.int64)  # 0 = most efficient
-    cum = np.cumsum(np.bincount(bucket, weights=dc[idx], minlength=N_BUCKETS))
+        return LpGreedy(choice, float(S[units, choice].sum()), 0.0)
+    bucket = _log_buckets(e)  # 0 = zero-cost upgrades (inf), then decreasing efficiency
+    cum = np.cumsum(np.bincount(bucket, weights=dc))  # padding has dc = 0 and sorts last
     b = int(np.searchsorted(cum, room, side="right"))
     before = cum[b - 1] if b > 0 else 0.0
-    take = free.copy()
-    take[idx[bucket < b]] = True
-    members = idx[bucket == b]
-    pos = members % fr.eff.shape[1]
-    members = members[np.lexsort((pos, -e[members]))]
+    take = bucket < b
+    members = np.flatnonzero(bucket == b)
+    members = members[np.lexsort((members // M, -e[members]))]
     csum = before + np.cumsum(dc[members])
     n_fit = int(np.searchsorted(csum, room, side="right"))
     take[members[:n_fit]] = True
-    taken = take.reshape(fr.eff.shape).sum(1)
+    taken = take.reshape(fr.eff.shape).sum(0)
     choice = fr.candidate(taken)
-    obj = float(base_obj + ds[take].sum())
+    obj = float(base_obj + np.add.reduce(ds, where=take))
     bound, dual = obj, 0.0
     if n_fit < len(members):  # the fractional segment of the LP optimum
         f = members[n_fit]
@@ -92,32 +81,57 @@ def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> LpGreed
     return LpGreedy(choice, float(bound), float(dual))
 
 
-def fill(S: np.ndarray, C: np.ndarray, cap: float, choice: np.ndarray, passes: int = 3) -> np.ndarray:
-    """Spend the leftover budget: apply the largest single-unit loss reductions that still fit."""
-    rows = np.arange(len(choice))
+def _log_buckets(e: np.ndarray) -> np.ndarray:
+    """Bucket of each efficiency, most efficient first, without a log or a sort: the float64 bit
+    pattern of a non-negative number sorts like the number, so its top bits (exponent and 7
+    mantissa bits) give buckets 1/128 of an octave wide. +inf lands in bucket 0; negative values
+    (padding) land after every real one."""
+    v = e.view(np.int64) >> 45
+    top = np.int64(np.array(np.inf).view(np.int64) >> 45)
+    np.subtract(top, v, out=v)
+    return v
+
+
+def fill(S: np.ndarray, C: np.ndarray, cap: float, choice: np.ndarray, passes: int = 4,
+         chunk: int = 4096) -> np.ndarray:
+    """Spend the leftover budget: apply the largest single-unit loss reductions that still fit,
+    in decreasing gain. Each pass looks at the best `chunk` moves per candidate column
+    (argpartition, no full sort); a pass that moves something is followed by another."""
+    units = np.arange(len(choice))
     choice = choice.copy()
+    K = S.shape[1]
     for _ in range(passes):
-        left = cap - C[rows, choice].sum()
-        extra = C - C[rows, choice][:, None]
-        gain = S[rows, choice][:, None] - S
-        cand = np.flatnonzero(((extra <= left) & (gain > 0)).ravel())
-        if not len(cand):
-            break
-        cand = cand[np.argsort(-gain.ravel()[cand], kind="stable")]
-        cheapest = max(extra.ravel()[cand].min(), 0.0)
+        cur_c, cur_s = C[units, choice], S[units, choice]
+        left = cap - cur_c.sum()
+        parts = []  # (unit, candidate, gain, extra cost) of the best improving moves that fit
+        cheapest = np.inf  # the cheapest improving move that fits, kept or not
+        for k in range(K):
+            extra = C[:, k] - cur_c
+            gain = cur_s - S[:, k]
+            m = np.flatnonzero((extra <= left) & (gain > 0))
+            if len(m):
+                cheapest = min(cheapest, float(extra[m].min()))
+            if len(m) > chunk:  # only the best `chunk` of this column can be needed in this pass
+                m = m[np.argpartition(-gain[m], chunk)[:chunk]]
+            parts.append((m, np.full(len(m), k), gain[m], extra[m]))
+        unit, cand, g, ex = (np.concatenate(x) for x in zip(*parts))
         changed = np.zeros(len(choice), bool)
         moved = False
-        for flat in cand.tolist():
-            if left < cheapest:
+        while True:
+            keep = (ex <= left) & ~changed[unit]
+            unit, cand, g, ex = unit[keep], cand[keep], g[keep], ex[keep]
+            if not len(unit):
                 break
-            i, k = divmod(flat, S.shape[1])
-            cost = extra[i, k]
-            if changed[i] or cost > left:
-                continue
-            choice[i] = k
-            changed[i] = True
-            left -= cost
-            moved = True
-        if not moved:
+            top = np.argpartition(-g, chunk)[:chunk] if len(unit) > chunk else np.arange(len(unit))
+            top = top[np.lexsort((cand[top], unit[top], -g[top]))]
+            for i, k, cost in zip(unit[top].tolist(), cand[top].tolist(), ex[top].tolist()):
+                if changed[i] or cost > left:
+                    continue
+                choice[i] = k
+                changed[i] = True
+                left -= cost
+                moved = True
+            ex[top] = np.inf  # visited
+        if not moved or left < cheapest:
             break
     return choice

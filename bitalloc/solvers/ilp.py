@@ -52,7 +52,9 @@ class IlpSolver(Solver):
             lp = lp if lp is not None else lp_bound(m)
         bound = max(b for b in (r.bound, lp) if b is not None) if (r.bound, lp) != (None, None) else None
         if r.proven and choice is not None:
-            bound = comp.objective_value(choice) if bound is None else bound
+            if r.bound is None:  # proven within `gap` but no dual bound given (PuLP/CBC): opt >= obj·(1 − gap)
+                obj = comp.objective_value(choice)
+                bound = max(b for b in (lp, obj - self.gap * abs(obj)) if b is not None)
             return Result(choice, "optimal", bound, info)
         return Result(choice, "time_limit" if r.timed_out else "feasible", bound, info)
 

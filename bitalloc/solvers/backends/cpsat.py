@@ -7,8 +7,6 @@ certified. Constraints: exact integers when the costs are integers (bits), else 
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from . import Backend, register
@@ -38,7 +36,9 @@ class CpSatBackend(Backend):
             for x, v in zip(xs, m.x_of(hint).astype(int).tolist()):
                 model.AddHint(x, v)
         solver = cp_model.CpSolver()
-        solver.parameters.num_workers = max(1, min(8, os.cpu_count() or 1))
+        # 8 workers even on fewer cores: below 8, CP-SAT's portfolio drops its LP-based workers and
+        # proving optimality of a 210-unit knapsack takes minutes instead of 0.1 s (2-core CI).
+        solver.parameters.num_workers = 8
         solver.parameters.relative_gap_limit = gap
         if time_limit is not None:
             solver.parameters.max_time_in_seconds = float(time_limit)

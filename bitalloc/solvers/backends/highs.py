@@ -60,6 +60,26 @@ class HighsBackend(Backend):
     def solve(self, m: Milp, time_limit, gap, hint):
         import highspy
 
+        h = self._run(m, time_limit, gap, hint)
+        if hint is not None and _solution_disagrees(h, m):
+            # HiGHS 1.16 can solve the MIP in presolve yet hand back the start we gave it as the
+            # solution (its reported objective is the optimum's): solve again without the start.
+            h = self._run(m, time_limit, gap, None)
+        st = h.getModelStatus()
+        info = h.getInfo()
+        S = highspy.HighsModelStatus
+        if st == S.kInfeasible:
+            return BackendResult(None, False, False, infeasible=True)
+        has = info.primal_solution_status == 2  # kSolutionStatusFeasible
+        choice = m.choice_of(h.getSolution().col_value) if has else None
+        bound = m.true_objective(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else None
+        return BackendResult(choice, st == S.kOptimal, st == S.kTimeLimit, bound=bound,
+                             info={"status": h.modelStatusToString(st), "nodes": int(info.mip_node_count)})
+
+    @staticmethod
+    def _run(m: Milp, time_limit, gap, hint):
+        import highspy
+
         h = new_highs()
         pass_model(h, m)
         h.setOptionValue("mip_rel_gap", gap)
@@ -73,13 +93,14 @@ class HighsBackend(Backend):
             sol.col_value = m.x_of(hint)
             h.setSolution(sol)
         h.run()
-        st = h.getModelStatus()
-        info = h.getInfo()
-        S = highspy.HighsModelStatus
-        if st == S.kInfeasible:
-            return BackendResult(None, False, False, infeasible=True)
-        has = info.primal_solution_status == 2  # kSolutionStatusFeasible
-        choice = m.choice_of(h.getSolution().col_value) if has else None
-        bound = m.true_objective(info.mip_dual_bound) if np.isfinite(info.mip_dual_bound) else None
-        return BackendResult(choice, st == S.kOptimal, st == S.kTimeLimit, bound=bound,
-                             info={"status": h.modelStatusToString(st), "nodes": int(info.mip_node_count)})
+        return h
+
+
+def _solution_disagrees(h, m: Milp) -> bool:
+    """True when the returned solution's objective is not the objective HiGHS reports for it."""
+    info = h.getInfo()
+    if info.primal_solution_status != 2:
+        return False
+    got = float(m.cost @ np.asarray(h.getSolution().col_value, dtype=np.float64))
+    want = float(info.objective_function_value)
+    return abs(got - want) > 1e-9 * max(1.0, abs(want))

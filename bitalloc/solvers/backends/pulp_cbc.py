@@ -2,6 +2,8 @@
 the LP relaxation bound when CBC stops before proving optimality."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import Backend, register
@@ -14,7 +16,10 @@ class PulpBackend(Backend):
         import pulp
 
         prob = pulp.LpProblem("bitalloc", pulp.LpMinimize)
-        xs = [pulp.LpVariable(f"x{j}", cat="Binary") for j in range(len(m.row))]
+        if hasattr(prob, "add_variable"):  # PuLP >= 3.3 attaches variables to the model
+            xs = [prob.add_variable(f"x{j}", 0, 1, cat="Binary") for j in range(len(m.row))]
+        else:
+            xs = [pulp.LpVariable(f"x{j}", 0, 1, cat="Binary") for j in range(len(m.row))]
         prob += pulp.LpAffineExpression(zip(xs, m.cost.tolist()))
         order = np.argsort(m.row, kind="stable")
         bounds = np.searchsorted(m.row[order], np.arange(m.M + 1))
@@ -25,9 +30,13 @@ class PulpBackend(Backend):
         if hint is not None:
             for x, v in zip(xs, m.x_of(hint).tolist()):
                 x.setInitialValue(v)
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=hint is not None)
+        with warnings.catch_warnings():  # PuLP 3.3 deprecates its bundled CBC for PuLP 4; it still ships it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=hint is not None)
         prob.solve(solver)
         if prob.status == pulp.LpStatusInfeasible:
+            if time_limit is not None:  # CBC stopped by the clock before any solution also says "Integer infeasible"
+                return BackendResult(None, False, True, info={"status": "time limit, no solution"})
             return BackendResult(None, False, False, infeasible=True)
         has = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
         choice = m.choice_of([x.varValue or 0.0 for x in xs]) if has else None
