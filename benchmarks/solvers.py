@@ -85,8 +85,7 @@ def check(ok: bool, what: str):
 # ---- greedy -------------------------------------------------------------------------------
 def core(S, C, cap):
     r = lp_greedy(S, C, cap, frontier(S, C))
-    choice, lb = (r.choice, r.bound) if hasattr(r, "choice") else r  # LpGreedy object or (choice, bound)
-    return fill(S, C, cap, choice), float(lb)
+    return fill(S, C, cap, r.choice), r.bound
 
 
 def naive_core(S, C, cap):
@@ -96,7 +95,7 @@ def naive_core(S, C, cap):
     room = cap - C[rows, fr.start].sum()
     e, dc, ds = fr.eff.ravel(), fr.dc.ravel(), fr.ds.ravel()
     idx = np.flatnonzero(e > 0)
-    idx = idx[np.lexsort((idx % fr.eff.shape[1], -e[idx]))]
+    idx = idx[np.lexsort((idx // len(S), -e[idx]))]  # segments are (K-1, M): chain position = idx // M
     csum = np.cumsum(dc[idx])
     n_fit = int(np.searchsorted(csum, room, side="right"))
     take = np.zeros(e.size, bool)
@@ -104,7 +103,7 @@ def naive_core(S, C, cap):
     lb = S[rows, fr.start].sum() + ds[take].sum()
     if n_fit < len(idx):
         lb += (room - (csum[n_fit - 1] if n_fit else 0.0)) / dc[idx[n_fit]] * ds[idx[n_fit]]
-    choice = fr.candidate(take.reshape(fr.eff.shape).sum(1))
+    choice = fr.candidate(take.reshape(fr.eff.shape).sum(0))
     return fill(S, C, cap, choice), float(lb)
 
 
