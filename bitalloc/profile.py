@@ -43,6 +43,8 @@ class Profile:
         for i, u in enumerate(units):
             if not isinstance(u, Unit):
                 raise bad(f"units[{i}]", type(u).__name__, "must be a bitalloc.Unit")
+            if u.n_params >= 2**53 or u.macs >= 2**62:
+                raise bad(f"units[{i}].n_params/macs", max(u.n_params, u.macs), "must be below 2**53")
         rc = [_rows_cols(u) for u in units]
         self._init(names=[u.name for u in units], layers=[u.layer for u in units],
                    kinds=[u.kind for u in units],

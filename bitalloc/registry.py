@@ -7,6 +7,7 @@ does not use (no torch for the solvers).
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .errors import bad
 
@@ -37,4 +38,11 @@ class Registry:
         return self._classes[name]
 
     def create(self, name: str, **options):
-        return self.get(name)(**options)
+        cls = self.get(name)
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            allowed = [p for p in params if p != "self"]
+            for key in options:
+                if key not in allowed:
+                    raise bad(f"{self.kind} {name} option", key, f"allowed: {', '.join(allowed) or 'none'}")
+        return cls(**options)
