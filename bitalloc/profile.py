@@ -20,7 +20,7 @@ from .units import Unit
 
 SCHEMA = "bitalloc.profile/1"
 SIDECAR_MIN_UNITS = 20_000  # above this, save() writes the .npz sidecar by default
-_UNIT_KEYS = {"name", "layer", "kind", "n_params", "macs", "shape", "index"}
+_UNIT_KEYS = {"name", "layer", "kind", "n_params", "macs", "shape", "index", "axis"}
 
 
 def default_format(bits: int) -> str:
@@ -298,9 +298,12 @@ def _unit_from_json(u, i: int) -> Unit:
     if index is not None and (not isinstance(index, list | tuple) or len(index) != 2
                               or not all(_is_int(x) and x >= 0 for x in index)):
         raise bad(f"units[{i}].index", index, "must be [start, stop], two non-negative integers")
+    axis = u.get("axis")
+    if axis not in (None, 0, 1) or isinstance(axis, bool):
+        raise bad(f"units[{i}].axis", axis, "must be 0 (channel rows), 1 (group columns) or null")
     try:
         return Unit(u["name"], u.get("layer", ""), u.get("kind", "weight"), u["n_params"], u.get("macs", 0),
-                    tuple(shape), tuple(index) if index is not None else None,
+                    tuple(shape), tuple(index) if index is not None else None, axis,
                     {k: v for k, v in u.items() if k not in _UNIT_KEYS})
     except BitallocError as e:
         raise BitallocError(f"units[{i}]: {e}") from None

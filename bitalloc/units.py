@@ -23,7 +23,8 @@ class Unit:
     belongs to; kind: `weight` (later `activation`, `kv`); n_params: weights in the unit; macs:
     multiply-accumulates per inference (per token for LLMs); shape: the unit's own 2-D block
     (rows, cols) of its layer's weight; index: (start, stop) of the input columns (group) or rows
-    (channel) of the layer that it covers.
+    (channel) of the layer that it covers; axis: 1 for a group (input columns), 0 for a channel
+    (output rows), None for a whole layer.
     """
 
     name: str
@@ -33,6 +34,7 @@ class Unit:
     macs: int = 0
     shape: tuple[int, ...] = ()
     index: tuple[int, int] | None = None
+    axis: int | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -50,6 +52,13 @@ class Unit:
         rows, cols = _rows_cols(self.shape, self.n_params)
         return rows * math.ceil(cols / group_size)
 
+    def block(self, w):
+        """This unit's part of its layer's 2-D array `w` (out, in) (numpy or torch)."""
+        if self.index is None:
+            return w
+        a, b = self.index
+        return w[a:b] if self.axis == 0 else w[:, a:b]
+
     def to_json(self) -> dict:
         d = {"name": self.name, "layer": self.layer, "n_params": self.n_params, "macs": self.macs}
         if self.kind != "weight":
@@ -58,6 +67,7 @@ class Unit:
             d["shape"] = list(self.shape)
         if self.index is not None:
             d["index"] = list(self.index)
+            d["axis"] = self.axis
         d.update(self.extra)
         return d
 
@@ -92,11 +102,11 @@ def carve(layers: Iterable[tuple[str, tuple[int, ...], int]], granularity: str =
                 stop = min(cols, start + group_size)
                 units.append(Unit(f"{name}:g{g}", name, n_params=rows * (stop - start),
                                   macs=int(macs) * (stop - start) // cols, shape=(rows, stop - start),
-                                  index=(start, stop)))
+                                  index=(start, stop), axis=1))
         else:
             for c in range(rows):
                 units.append(Unit(f"{name}:c{c}", name, n_params=cols, macs=int(macs) // rows,
-                                  shape=(1, cols), index=(c, c + 1)))
+                                  shape=(1, cols), index=(c, c + 1), axis=0))
     return units
 
 

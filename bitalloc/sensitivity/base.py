@@ -1,16 +1,92 @@
-"""Estimator: scores every unit at every candidate and returns a Profile (DESIGN.md)."""
+"""Estimator: scores every unit at every candidate and returns a Profile (DESIGN.md).
+
+Most estimators weight each weight's quantization error by how much the loss cares about it:
+S[n, k] = Σ_{i in unit n} c_i · (Q_k(w_i) − w_i)², with c the Hessian diagonal (hessian), the
+Fisher diagonal (fisher), an activation norm (salience) or a layer relevance (lrp).
+`weighted_error` computes that sum for any such c, at any granularity, so each estimator only
+says how it gets c.
+"""
 from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..errors import bad
+from ..profile import Profile
+from ..quant import IntQuant
+from ..units import GRANULARITIES, Unit
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
 
 class Estimator:
-    """Subclasses set `name`, `passes` (forward/backward passes over the calibration data it
-    costs, as text) and implement `estimate(...) -> Profile`, recording settings and cost in
-    `profile.meta`."""
+    """bits: candidate bit-widths; granularity: layer | group | channel; group_size: input
+    columns per quantization group (and per unit at group granularity); symmetric / zero: the
+    integer quantizer (bitalloc/quant.py) whose error is scored. Subclasses set `name` and
+    `passes` and implement `estimate(task, progress=None) -> Profile`."""
 
     name = "estimator"
     passes = ""
 
-    def estimate(self, *args, **kwargs):
+    def __init__(self, bits=DEFAULT_BITS, granularity: str = "layer", group_size: int = 128,
+                 symmetric: bool = False, zero: str = "int"):
+        bits = tuple(bits)
+        if not bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16 for b in bits):
+            raise bad("bits", list(bits), "must be integer bit-widths from 1 to 16")
+        if granularity not in GRANULARITIES:
+            raise bad("granularity", granularity, f"allowed: {', '.join(GRANULARITIES)}")
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise bad("group_size", group_size, "must be a positive integer")
+        self.bits, self.granularity, self.group_size = bits, granularity, group_size
+        self.quants = [IntQuant(b, group_size, symmetric, zero) for b in bits]
+        self.quantizer = f"int {'sym' if symmetric else 'asym'} group-{group_size} RTN, {zero} zero-point"
+
+    def estimate(self, task, progress=None) -> Profile:
         raise NotImplementedError
+
+    def units(self, task) -> list[Unit]:
+        mods = task.modules()
+        for name, m in mods.items():
+            if self.group_size > m.weight[0].numel():
+                raise bad("group_size", self.group_size, f"is larger than layer {name!r} ({m.weight[0].numel()} inputs)")
+        return task.units(self.granularity, self.group_size)
+
+    def profile(self, task, units: list[Unit], S: np.ndarray, t0: float, **meta) -> Profile:
+        """Wrap scores in a Profile with the settings, the cost and the task's provenance."""
+        info = {"estimator": self.name, "granularity": self.granularity, "group_size": self.group_size,
+                "quantizer": self.quantizer, "passes": self.passes,
+                "seconds": round(time.perf_counter() - t0, 3), **task.meta, **meta}
+        from .. import __version__
+
+        info["bitalloc_version"] = __version__
+        return Profile(units, list(self.bits), S, meta=info)
+
+
+def layer_weight(module) -> np.ndarray:
+    """A layer's weight as float32 numpy (out, in·kh·kw)."""
+    w = module.weight.detach().float().cpu().numpy()
+    return w.reshape(w.shape[0], -1)
+
+
+def weighted_error(task, units: list[Unit], quants: list[IntQuant],
+                   weight_of: Callable[[str, np.ndarray], np.ndarray | float]) -> np.ndarray:
+    """S: (N, K) Σ_{i in unit} c_i (Q_k(w_i) − w_i)².
+
+    weight_of(layer, W) -> c: a scalar, an (in,) vector (per input column) or an (out, in)
+    array (per element), for the layer's 2-D weight W."""
+    mods = task.modules()
+    rows_of: dict[str, list[int]] = {}
+    for i, u in enumerate(units):
+        rows_of.setdefault(u.layer, []).append(i)
+    S = np.zeros((len(units), len(quants)))
+    for layer, idx in rows_of.items():
+        W = layer_weight(mods[layer])
+        c = np.asarray(weight_of(layer, W), dtype=np.float64)
+        for k, q in enumerate(quants):
+            err = (q.fake_quant(W) - W).astype(np.float64) ** 2
+            e = err * c if c.ndim else err * float(c)
+            for i in idx:
+                S[i, k] = float(units[i].block(e).sum())
+    return S

@@ -8,26 +8,27 @@ from typing import Iterable
 
 import numpy as np
 
-from .. import __version__
 from ..profile import Profile
-from ..quant import IntQuant
 from ..units import Unit
 from . import register
-from .base import DEFAULT_BITS, Estimator
+from .base import Estimator, weighted_error
 
 
 @register("weight_error")
 class WeightErrorEstimator(Estimator):
     passes = "0 (data-free)"
 
-    def __init__(self, bits=DEFAULT_BITS, group_size: int | None = 128, symmetric: bool = False, zero: str = "int"):
-        self.bits = tuple(bits)
-        self.quants = [IntQuant(b, group_size, symmetric, zero) for b in self.bits]
-        self.group_size, self.symmetric, self.zero = group_size, symmetric, zero
+    def estimate(self, task, progress=None) -> Profile:
+        t0 = time.perf_counter()
+        units = self.units(task)
+        S = weighted_error(task, units, self.quants, lambda layer, W: 1.0)
+        return self.profile(task, units, S, t0, score="sum of squared weight quantization error")
 
     def from_weights(self, layers: Iterable[tuple[str, np.ndarray, int]], meta: dict | None = None,
                      progress=None) -> Profile:
-        """layers: (name, weight (out, in), MACs per inference); one unit per layer."""
+        """Without torch: layers are (name, weight (out, in), MACs per inference); one unit per layer."""
+        from .. import __version__
+
         t0 = time.perf_counter()
         units, rows = [], []
         for name, w, macs in layers:
@@ -37,17 +38,6 @@ class WeightErrorEstimator(Estimator):
             if progress is not None:
                 progress(name)
         info = {"estimator": self.name, "granularity": "layer", "group_size": self.group_size,
-                "quantizer": f"int {'sym' if self.symmetric else 'asym'} per-group RTN, {self.zero} zero-point",
-                "score": "sum of squared weight quantization error ||Q_b(W) - W||^2",
-                "passes": self.passes, "seconds": round(time.perf_counter() - t0, 3),
-                "bitalloc_version": __version__}
+                "quantizer": self.quantizer, "score": "sum of squared weight quantization error ||Q_b(W) - W||^2",
+                "passes": self.passes, "seconds": round(time.perf_counter() - t0, 3), "bitalloc_version": __version__}
         return Profile(units, list(self.bits), np.array(rows), meta={**info, **(meta or {})})
-
-    def estimate(self, model, filter_fn=None, meta: dict | None = None) -> Profile:
-        """Score the Linear/Conv layers of a torch model."""
-        from ..units import model_layers
-
-        mods = dict(model.named_modules())
-        layers = [(name, mods[name].weight.detach().float().cpu().numpy(), macs)
-                  for name, _, macs in model_layers(model, filter_fn)]
-        return self.from_weights(layers, meta)
