@@ -1,7 +1,8 @@
 """Sensitivity estimators, one per file, found by name (`get_estimator("weight_error")`)."""
 from ..registry import Registry
 
-ESTIMATORS = Registry("estimator", {"weight_error": "bitalloc.sensitivity.weight_error"})
+ESTIMATORS = Registry("estimator", {name: f"bitalloc.sensitivity.{name}" for name in
+                                    ("weight_error", "hessian", "fisher", "lrp", "salience", "measured")})
 register = ESTIMATORS.register
 
 
