@@ -48,8 +48,8 @@ class Estimator:
 
     def units(self, task) -> list[Unit]:
         mods = task.modules()
-        for name, m in mods.items():
-            if self.group_size > m.weight[0].numel():
+        for name, m in mods.items():  # at layer/channel granularity a larger group is one group per row
+            if self.granularity == "group" and self.group_size > m.weight[0].numel():
                 raise bad("group_size", self.group_size, f"is larger than layer {name!r} ({m.weight[0].numel()} inputs)")
         return task.units(self.granularity, self.group_size)
 

@@ -1,0 +1,128 @@
+"""`bitalloc solve`: solve a profile under budgets (never imports torch)."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ..errors import BitallocError, bad
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("solve", help="solve a profile under budgets")
+    s.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
+    s.add_argument("--budget", required=True, help="average bits per weight; several: 2.5,3,3.25,4")
+    s.add_argument("--solver", default="ilp", help="ilp (exact, default) or greedy")
+    s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
+    s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
+    s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
+    s.add_argument("--count-overhead", action="store_true",
+                   help="budget counts group scale/zero bits and outliers (ExLlamaV2/llama.cpp style)")
+    s.add_argument("--pin", action="append", default=[], metavar="GLOB=BITS", help="fix matching units' bits")
+    s.add_argument("--tie", action="append", default=[], metavar="A,B,C",
+                   help="units differing only in these name parts share bits, e.g. q_proj,k_proj,v_proj")
+    s.add_argument("--min-bits", type=int, default=None)
+    s.add_argument("--max-bits", type=int, default=None)
+    s.add_argument("--out", help="write the allocation JSON (several budgets: {budget} in the name, or .b<budget> is added)")
+    s.add_argument("--force", action="store_true", help="overwrite --out")
+    s.add_argument("--json", action="store_true", help="print the allocation(s) as JSON instead of tables")
+    s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)  # also accepted after the subcommand
+    s.set_defaults(func=run)
+
+
+def _budgets(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise bad("--budget", text, "must be a number or comma-separated numbers of bits per weight, e.g. 3.25 or 2.5,3,4") from None
+        out.append(v)
+    return out
+
+
+def _pins(items: list[str]) -> dict[str, str]:
+    pins = {}
+    for item in items:
+        pattern, sep, cand = item.rpartition("=")
+        if not sep or not pattern or not cand:
+            raise bad("--pin", item, "must be GLOB=BITS, e.g. 'lm_head=8' or '*.0.*=8'")
+        pins[pattern] = cand
+    return pins
+
+
+def run(args) -> int:
+    from ..allocation import Allocation  # noqa: F401  (fast, no heavy imports)
+    from ..fileio import check_writable, dumps
+    from ..problem import Problem, tie_groups
+    from ..profile import Profile
+    from ..solvers import SOLVERS, get_solver
+
+    budgets = _budgets(args.budget)
+    SOLVERS.get(args.solver)
+    opts = {}
+    if args.time_limit is not None:
+        opts["time_limit"] = args.time_limit
+    if args.solver == "ilp":
+        if args.backend is not None:
+            opts["backend"] = args.backend
+        if args.gap is not None:
+            opts["gap"] = args.gap
+    elif args.backend is not None or args.gap is not None:
+        raise bad("--backend/--gap", args.backend or args.gap, f"only apply to --solver ilp, not {args.solver}")
+    solver = get_solver(args.solver, **opts)
+    outs = _out_paths(args.out, budgets, args.force) if args.out else []
+
+    if args.profile:
+        profile = Profile.load(args.profile)
+    else:
+        from ..data import default_profile_path
+
+        profile = Profile.load(default_profile_path())
+    ties = [g for spec in args.tie for g in tie_groups(profile.names, _tie_tokens(spec))]
+    problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, pins=_pins(args.pin),
+                                   ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)
+    allocs = solver.solve_budgets(problem, budgets)
+    for a, b in zip(allocs, budgets):
+        if a.status == "infeasible":
+            res, m = next(iter(a.min_budgets.items()))
+            m = math.ceil(m * 1e4 - 1e-8) / 1e4  # rounded up, so the number shown is itself feasible
+            raise BitallocError(f"budget {b:g} is below the smallest feasible {res} {m:.4f} for this profile"
+                                " (with its pins and limits); infeasible")
+        if not a.ok:
+            raise BitallocError(f"budget {b:g}: no allocation found within --time-limit {args.time_limit}")
+    for a, path in zip(allocs, outs):
+        a.save(path, force=args.force)
+    if args.json:
+        docs = [a.to_json() for a in allocs]
+        sys.stdout.write(dumps(docs[0] if len(docs) == 1 else docs))
+    else:
+        from ..tables import render
+
+        render(allocs)
+        for path in outs:
+            print(f"wrote {path}")
+    return 0
+
+
+def _tie_tokens(spec: str) -> list[str]:
+    toks = [t.strip() for t in spec.split(",") if t.strip()]
+    if len(toks) < 2:
+        raise bad("--tie", spec, "must name at least two name parts, e.g. q_proj,k_proj,v_proj")
+    return toks
+
+
+def _out_paths(out: str, budgets: list[float], force: bool) -> list[Path]:
+    from ..fileio import check_writable
+
+    if len(budgets) == 1:
+        paths = [Path(out)]
+    elif "{budget}" in out:
+        paths = [Path(out.replace("{budget}", f"{b:g}")) for b in budgets]
+    else:
+        p = Path(out)
+        paths = [p.with_name(f"{p.stem}.b{b:g}{p.suffix}") for b in budgets]
+    for path in paths:
+        check_writable(path, force)
+    return paths
