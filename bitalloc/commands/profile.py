@@ -28,6 +28,7 @@ def run(args) -> int:
                                   group_size=args.group_size, **parse_options(args.option))
     print(f"loading {args.model} ...", file=sys.stderr)
     task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+    estimator.units(task)  # group size against the layers: fail before any work
     update, close = progress_bar(f"{args.estimator} on {args.model}")
     try:
         profile = estimator.estimate(task, progress=update)
