@@ -66,15 +66,22 @@ def check_model_args(args) -> tuple[int, ...]:
 
 
 def progress_bar(desc: str):
-    """(callback(done, total), close()) drawing a tqdm bar on stderr."""
+    """(callback, close()) drawing a tqdm bar on stderr. The callback takes `(done, total)` from
+    estimators that count their steps, or one status string from those that iterate to a
+    tolerance (Hutchinson probes), shown next to the bar."""
     from tqdm import tqdm
 
     bar = tqdm(desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
-    def update(done: int, total: int):
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
+    def update(*args):
+        if len(args) == 2:
+            done, total = args
+            if bar.total != total:
+                bar.total = total
+            bar.n = done
+        else:
+            bar.set_postfix_str(str(args[0]), refresh=False)
+            bar.n += 1
         bar.refresh()
 
     return update, bar.close
