@@ -61,6 +61,8 @@ class IntQuant:
         levels = 2 ** self.bits - 1
         lo = x.min(-1, keepdims=True)
         hi = x.max(-1, keepdims=True)
+        if self.zero == "int":  # the range must hold 0 for an integer zero-point in [0, levels] (GPTQ)
+            lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
         scale = (hi - lo) / levels
         flat = scale <= 0
         scale = np.where(flat, 1.0, scale).astype(np.float32)

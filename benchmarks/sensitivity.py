@@ -1,0 +1,103 @@
+"""Cost of each sensitivity estimator on the real models, against plain passes in the same run.
+
+    python benchmarks/sensitivity.py [--models digits-cnn,minilm,smollm2] [--samples 8] [--seq-len 128]
+
+Table 1: seconds per estimator per model (median of --repeats runs; smollm2 once), and the ratio
+to one forward+backward pass over the same calibration set measured here (the baseline).
+Table 2: one Hutchinson probe (a Hessian-vector product on the retained graph) against one
+plain backward pass of the same batch. Target: <= 2.5x.
+`measured` runs on --measured-units units only (its cost grows with units x candidates).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from bitalloc.models import load_task
+from bitalloc.sensitivity import get_estimator
+
+ESTIMATORS = ["weight_error", "salience", "fisher", "hessian", "lrp", "measured"]
+
+
+def median_time(f, repeats):
+    ts, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = f()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), out
+
+
+def pass_times(task, repeats):
+    """(forward s, backward s) of one plain pass over the calibration set (all batches)."""
+    fw, bw = [], []
+    params = [m.weight for m in task.modules().values()]
+    for _ in range(repeats):
+        f = b = 0.0
+        for batch in task.calib:
+            for p in params:
+                p.grad = None
+            t = time.perf_counter()
+            loss = task.loss(task.model, batch)
+            f += time.perf_counter() - t
+            t = time.perf_counter()
+            loss.backward()
+            b += time.perf_counter() - t
+        fw.append(f)
+        bw.append(b)
+    for p in params:
+        p.grad = None
+    return statistics.median(fw), statistics.median(bw)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="digits-cnn,minilm,smollm2")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--probes", type=int, default=8, help="Hutchinson probes per batch")
+    ap.add_argument("--measured-units", type=int, default=6)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"$ python benchmarks/sensitivity.py --models {args.models} --samples {args.samples} "
+          f"--seq-len {args.seq_len} --repeats {args.repeats} --probes {args.probes}\n")
+    rows, probe_rows = [], []
+    for model in args.models.split(","):
+        task = load_task(model, samples=args.samples, seq_len=args.seq_len)
+        for p in task.modules().values():
+            p.weight.requires_grad_(True)
+        reps = 1 if model == "smollm2" else args.repeats
+        fwd, bwd = pass_times(task, reps)
+        base = fwd + bwd
+        for name in ESTIMATORS:
+            opts = {"units": args.measured_units} if name == "measured" else {}
+            if name == "hessian":
+                opts = {"min_probes": args.probes, "max_probes": args.probes}
+            est = get_estimator(name, **opts)
+            try:
+                t, prof = median_time(lambda: est.estimate(task), reps)
+            except Exception as e:  # an estimator that does not support this model: say so
+                rows.append((model, name, None, None, f"not run: {str(e)[:60]}"))
+                continue
+            rows.append((model, name, t, t / base, str(prof.meta.get("passes", ""))[:70]))
+            if name == "hessian":
+                h = prof.meta
+                n_probe = sum(h.get("probes", [args.probes] * len(task.calib)))
+                per_probe = h.get("seconds_hvp", 0) / max(n_probe, 1)
+                probe_rows.append((model, per_probe, bwd / len(task.calib), per_probe / (bwd / len(task.calib))))
+        print(f"{model}: one forward+backward over the calibration set = {base:.3f} s "
+              f"(forward {fwd:.3f} s, backward {bwd:.3f} s, {len(task.calib)} batches)")
+    print("\n| model | estimator | seconds | ÷ one fwd+bwd pass | passes |\n|---|---|---:|---:|---|")
+    for m, n, t, r, passes in rows:
+        print(f"| {m} | {n} | {'' if t is None else f'{t:.2f}'} | {'' if r is None else f'{r:.1f}×'} | {passes} |")
+    print("\n| model | one Hutchinson probe (s) | one backward (s) | ratio | target |\n|---|---:|---:|---:|---|")
+    for m, p, b, r in probe_rows:
+        print(f"| {m} | {p:.3f} | {b:.3f} | {r:.2f}× | <= 2.5× {'✓' if r <= 2.5 else '✗'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""`fisher` (GWQ, SqueezeLLM): the empirical Fisher diagonal from squared gradients.
+
+F_ii = mean over calibration samples of (∂ℓ_s/∂w_i)², where ℓ_s is `task.probe_loss(model,
+sample, generator)` when the task has one (tasks whose loss is zero at the unquantized model,
+such as MiniLM's cosine-to-itself, use random output projections whose squared gradient
+estimates the Gauss-Newton diagonal) and `task.loss(model, sample)` otherwise.
+Score: S = Σ_{i∈unit} F_ii (Q_b(w_i) − w_i)² (no ½ factor, as the hessian estimator). F is
+elementwise, so layer, group and channel profiles of the same settings add up exactly.
+
+per_sample (default True): one backward per calibration sample (each batch is split along its
+first dimension), the faithful empirical Fisher diagonal. per_sample=False: one backward per
+calibration batch, F = mean over batches of (∂ℓ_batch/∂w)² — cheaper in passes, but at a
+trained minimum the per-sample gradients largely cancel in the batch mean, so it underestimates
+F and is noisier (for probe losses with independent per-sample projections it is unbiased for
+the same Gauss-Newton diagonal, only noisier).
+
+outlier_fraction (GWQ): in every unit, the round(fraction · n) weights with the largest F
+(equivalently, the largest RMS gradient) are kept in 16 bits: c_i = 0 for them, so their error
+does not count, and meta["outlier_fraction"] makes the memory cost model charge their storage
+(MemoryCost charges round(fraction · n_params) per unit, the same count).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+
+from ..errors import BitallocError, bad
+from ..profile import Profile
+from . import register
+from .base import DEFAULT_BITS, Estimator, weighted_error
+
+
+@contextlib.contextmanager
+def grad_only_for(model, weights):
+    """Inside: only `weights` require gradients and the model is in eval mode; on exit every
+    parameter's requires_grad and the model's train/eval mode are restored."""
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    was_training = model.training
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)
+        yield
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)
+        model.train(was_training)
+
+
+def split_batch(batch) -> list:
+    """One batch → a list of one-sample batches of the same structure, split along the first
+    dimension of every tensor (a tensor, a dict of tensors, or a tuple/list of tensors)."""
+    import torch
+
+    def size(x):
+        if isinstance(x, torch.Tensor):
+            return int(x.shape[0]) if x.dim() else None
+        if isinstance(x, dict):
+            return next((n for n in map(size, x.values()) if n is not None), None)
+        if isinstance(x, (tuple, list)):
+            return next((n for n in map(size, x) if n is not None), None)
+        return None
+
+    n = size(batch)
+    if n is None:
+        raise BitallocError(f"fisher per_sample: cannot split a calibration batch of type {type(batch).__name__} "
+                            "into samples (no tensor with a batch dimension); use per_sample=False")
+
+    def take(x, i):
+        if isinstance(x, torch.Tensor):
+            return x[i:i + 1] if x.dim() and x.shape[0] == n else x
+        if isinstance(x, dict):
+            return type(x)((k, take(v, i)) for k, v in x.items())
+        if isinstance(x, (tuple, list)):
+            return type(x)(take(v, i) for v in x)
+        return x
+
+    return [take(batch, i) for i in range(n)]
+
+
+@register("fisher")
+class FisherEstimator(Estimator):
+    """Empirical Fisher diagonal sensitivity (see the module docstring).
+
+    per_sample: one backward per sample (default) or per batch; outlier_fraction: GWQ
+    outliers kept in 16 bits per unit (0 = none); seed: generator of `task.probe_loss`."""
+
+    def __init__(self, bits=DEFAULT_BITS, granularity: str = "layer", group_size: int = 128,
+                 symmetric: bool = False, zero: str = "int", per_sample: bool = True,
+                 outlier_fraction: float = 0.0, seed: int = 0):
+        super().__init__(bits, granularity, group_size, symmetric, zero)
+        if per_sample not in (True, False):
+            raise bad("per_sample", per_sample, "must be true or false")
+        if isinstance(outlier_fraction, bool) or not isinstance(outlier_fraction, (int, float)) \
+                or not 0 <= outlier_fraction < 1:
+            raise bad("outlier_fraction", outlier_fraction, "must be in [0, 1)")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise bad("seed", seed, "must be an integer")
+        self.per_sample, self.outlier_fraction, self.seed = bool(per_sample), float(outlier_fraction), seed
+        self.passes = ("1 forward + 1 backward per calibration sample" if self.per_sample
+                       else "1 forward + 1 backward per calibration batch")
+
+    def fisher(self, task, progress=None) -> tuple[dict[str, np.ndarray], int]:
+        """(layer → F, weight-shaped float32 numpy; number of backward passes). The model is
+        left as it was."""
+        import torch
+
+        mods = task.modules()
+        names = list(task.layers)
+        weights = [mods[n].weight for n in names]
+        gen = torch.Generator().manual_seed(self.seed)
+        F = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+        n = 0
+        with grad_only_for(task.model, weights), torch.enable_grad():
+            for b, batch in enumerate(task.calib):
+                for sample in (split_batch(batch) if self.per_sample else [batch]):
+                    loss = (task.probe_loss(task.model, sample, gen) if task.probe_loss is not None
+                            else task.loss(task.model, sample))
+                    grads = torch.autograd.grad(loss, weights)
+                    for f, g in zip(F, grads):
+                        f.addcmul_(g, g)
+                    n += 1
+                if progress is not None:
+                    progress(f"batch {b + 1}/{len(task.calib)}: {n} backward passes")
+        if n == 0:
+            raise BitallocError("fisher: the task has no calibration data")
+        return {name: (f / n).numpy() for name, f in zip(names, F)}, n
+
+    def estimate(self, task, progress=None) -> Profile:
+        t0 = time.perf_counter()
+        F, n = self.fisher(task, progress)
+        return self.scores(task, F, n, t0)
+
+    def scores(self, task, F: dict[str, np.ndarray], passes: int = 0, t0: float | None = None) -> Profile:
+        """The Profile at this estimator's granularity (and outlier fraction) from a Fisher
+        diagonal already computed by `fisher`, so one set of backward passes can be scored at
+        several granularities (same bits and quantizer)."""
+        t0 = time.perf_counter() if t0 is None else t0
+        units = self.units(task)
+        by_layer: dict[str, list] = {}
+        for u in units:
+            by_layer.setdefault(u.layer, []).append(u)
+        kept = 0
+
+        def weight_of(layer, W):
+            nonlocal kept
+            c = F[layer].reshape(W.shape).astype(np.float64)
+            if self.outlier_fraction > 0:
+                for u in by_layer[layer]:
+                    k = int(np.round(self.outlier_fraction * u.n_params))
+                    if k:
+                        blk = u.block(c)  # a view of c
+                        flat = blk.reshape(-1)  # a copy when blk is a column slice
+                        flat[np.argpartition(flat, flat.size - k)[flat.size - k:]] = 0.0
+                        blk[...] = flat.reshape(blk.shape)
+                        kept += k
+            return c
+
+        S = weighted_error(task, units, self.quants, weight_of)
+        meta = dict(score="sum over the unit of F_ii * (Q_b(w) - w)^2 (empirical Fisher diagonal)",
+                    per_sample=self.per_sample, backward_passes=passes, seed=self.seed,
+                    loss="probe_loss" if task.probe_loss is not None else "loss")
+        if self.outlier_fraction > 0:
+            meta.update(outlier_fraction=self.outlier_fraction, outliers_kept=kept,
+                        outliers="top fraction of each unit by F kept in 16 bits (GWQ), excluded from the score")
+        return self.profile(task, units, S, t0, **meta)
