@@ -53,8 +53,7 @@ def _pins(items: list[str]) -> dict[str, str]:
 
 
 def run(args) -> int:
-    from ..allocation import Allocation  # noqa: F401  (fast, no heavy imports)
-    from ..fileio import check_writable, dumps
+    from ..fileio import dumps
     from ..problem import Problem, tie_groups
     from ..profile import Profile
     from ..solvers import SOLVERS, get_solver

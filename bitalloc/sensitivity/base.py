@@ -8,6 +8,7 @@ says how it gets c.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
 
@@ -64,6 +65,34 @@ class Estimator:
         return Profile(units, list(self.bits), S, meta=info)
 
 
+@contextlib.contextmanager
+def grad_only_for(model, weights):
+    """Inside: only `weights` require gradients and the model is in eval mode; on exit every
+    parameter's requires_grad and the model's train/eval mode are restored."""
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    was_training = model.training
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)
+        yield
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)
+        model.train(was_training)
+
+
+def units_by_layer(units: list[Unit]) -> dict[str, list[int]]:
+    """layer name → rows of its units, in unit order."""
+    rows_of: dict[str, list[int]] = {}
+    for i, u in enumerate(units):
+        rows_of.setdefault(u.layer, []).append(i)
+    return rows_of
+
+
 def layer_weight(module) -> np.ndarray:
     """A layer's weight as float32 numpy (out, in·kh·kw)."""
     w = module.weight.detach().float().cpu().numpy()
@@ -77,11 +106,8 @@ def weighted_error(task, units: list[Unit], quants: list[IntQuant],
     weight_of(layer, W) -> c: a scalar, an (in,) vector (per input column) or an (out, in)
     array (per element), for the layer's 2-D weight W."""
     mods = task.modules()
-    rows_of: dict[str, list[int]] = {}
-    for i, u in enumerate(units):
-        rows_of.setdefault(u.layer, []).append(i)
     S = np.zeros((len(units), len(quants)))
-    for layer, idx in rows_of.items():
+    for layer, idx in units_by_layer(units).items():
         W = layer_weight(mods[layer])
         c = np.asarray(weight_of(layer, W), dtype=np.float64)
         for k, q in enumerate(quants):

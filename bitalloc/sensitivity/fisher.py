@@ -21,7 +21,6 @@ does not count, and meta["outlier_fraction"] makes the memory cost model charge 
 """
 from __future__ import annotations
 
-import contextlib
 import time
 
 import numpy as np
@@ -29,27 +28,7 @@ import numpy as np
 from ..errors import BitallocError, bad
 from ..profile import Profile
 from . import register
-from .base import DEFAULT_BITS, Estimator, weighted_error
-
-
-@contextlib.contextmanager
-def grad_only_for(model, weights):
-    """Inside: only `weights` require gradients and the model is in eval mode; on exit every
-    parameter's requires_grad and the model's train/eval mode are restored."""
-    params = list(model.parameters())
-    saved = [p.requires_grad for p in params]
-    was_training = model.training
-    try:
-        model.eval()
-        for p in params:
-            p.requires_grad_(False)
-        for w in weights:
-            w.requires_grad_(True)
-        yield
-    finally:
-        for p, r in zip(params, saved):
-            p.requires_grad_(r)
-        model.train(was_training)
+from .base import DEFAULT_BITS, Estimator, grad_only_for, weighted_error
 
 
 def split_batch(batch) -> list:

@@ -49,7 +49,7 @@ import numpy as np
 from ..errors import bad
 from ..profile import Profile
 from . import register
-from .base import DEFAULT_BITS, Estimator, weighted_error
+from .base import DEFAULT_BITS, Estimator, grad_only_for, weighted_error
 
 
 @dataclass
@@ -69,26 +69,6 @@ class Hutchinson:
     seconds: float = 0.0
     seconds_grad: float = 0.0
     seconds_hvp: float = 0.0
-
-
-@contextlib.contextmanager
-def grad_only_for(model, weights):
-    """Inside: only `weights` require gradients and the model is in eval mode; on exit every
-    parameter's requires_grad and the model's train/eval mode are restored."""
-    params = list(model.parameters())
-    saved = [p.requires_grad for p in params]
-    was_training = model.training
-    try:
-        model.eval()
-        for p in params:
-            p.requires_grad_(False)
-        for w in weights:
-            w.requires_grad_(True)
-        yield
-    finally:
-        for p, r in zip(params, saved):
-            p.requires_grad_(r)
-        model.train(was_training)
 
 
 def math_attention():

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import BitallocError, bad
 from ..profile import Profile
 from . import register
-from .base import DEFAULT_BITS, Estimator, layer_weight, weighted_error
+from .base import DEFAULT_BITS, Estimator, layer_weight, units_by_layer, weighted_error
 
 MODES = ("diag", "obs", "exact")
 
@@ -212,11 +212,8 @@ def exact_error(task, units, quants, stats: dict[str, Moments]) -> np.ndarray:
     """S[n, k] = Σ_rows Δ_u H̄ Δ_uᵀ, Δ_u = (Q_k(W) − W) on unit n's block only. The product Δ H̄ runs
     in float32 (it dominates the cost: out·in² per layer and candidate), the sums in float64."""
     mods = task.modules()
-    rows_of: dict[str, list[int]] = {}
-    for i, u in enumerate(units):
-        rows_of.setdefault(u.layer, []).append(i)
     S = np.zeros((len(units), len(quants)))
-    for layer, idx in rows_of.items():
+    for layer, idx in units_by_layer(units).items():
         W = layer_weight(mods[layer])
         st = stats[layer]
         H = (st.full / st.n).cpu().numpy()  # (groups, cols, cols) float32
