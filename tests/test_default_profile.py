@@ -41,20 +41,34 @@ def test_default_profile_provenance_is_the_installed_file():
     meta = load_default_profile().meta
     h = hashlib.sha256(smollm2_gguf().read_bytes()).hexdigest()
     assert meta["source"]["sha256"] == h
-    assert meta["estimator"] == "weight_error" and meta["group_size"] == 128
+    assert meta["estimator"] == "fisher" and meta["group_size"] == 128 and meta["samples"] == 8
 
 
-def test_default_profile_rows_regenerate_from_the_weights(block0):
+@pytest.mark.slow
+def test_default_profile_regenerates_from_the_model(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bitalloc import Profile
+
+    out = tmp_path / "p.json"
+    script = Path(__file__).parents[1] / "scripts" / "make_default_profile.py"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True)
+    fresh, shipped = Profile.load(out), load_default_profile()
+    assert fresh.names == shipped.names
+    np.testing.assert_allclose(fresh.sensitivity, shipped.sensitivity, rtol=1e-3)
+
+
+def test_weight_error_from_the_gguf_matches_the_quantizer(block0):
     from bitalloc.sensitivity import get_estimator
 
-    p = load_default_profile()
     fresh = get_estimator("weight_error", group_size=128).from_weights((n, w, w.size) for n, w in block0)
-    idx = p.index()
-    for i, name in enumerate(fresh.names):
-        np.testing.assert_allclose(fresh.sensitivity[i], p.sensitivity[idx[name]], rtol=1e-6)
+    for i, (_, w) in enumerate(block0):
+        assert fresh.sensitivity[i, 2] == pytest.approx(IntQuant(4, 128).error(w), rel=1e-12)
 
 
-def test_weight_error_falls_with_every_extra_bit():
+def test_default_scores_fall_with_every_extra_bit():
     s = load_default_profile().sensitivity
     assert (np.diff(s, axis=1) < 0).all()
 
