@@ -1,10 +1,12 @@
 """CostModel: what one candidate of one unit costs in one resource."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 
-class CostModel:
+class CostModel(ABC):
     """A named resource with a unit.
 
     `costs(profile) -> C: (N, K)` float64, the cost of unit n at candidate k in base units
@@ -20,8 +22,9 @@ class CostModel:
     unit = ""
     additive = True
 
+    @abstractmethod
     def costs(self, profile) -> np.ndarray:
-        raise NotImplementedError
+        """C: (N, K) cost of each unit at each candidate, base units."""
 
     def scale(self, profile) -> float:
         return 1.0

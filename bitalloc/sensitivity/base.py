@@ -8,6 +8,8 @@ says how it gets c.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import contextlib
 import time
 from typing import Callable
@@ -22,7 +24,7 @@ from ..units import GRANULARITIES, Unit
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
 
-class Estimator:
+class Estimator(ABC):
     """bits: candidate bit-widths; granularity: layer | group | channel; group_size: input
     columns per quantization group (and per unit at group granularity); symmetric / zero: the
     integer quantizer (bitalloc/quant.py) whose error is scored. Subclasses set `name` and
@@ -44,8 +46,9 @@ class Estimator:
         self.quants = [IntQuant(b, group_size, symmetric, zero) for b in bits]
         self.quantizer = f"int {'sym' if symmetric else 'asym'} group-{group_size} RTN, {zero} zero-point"
 
+    @abstractmethod
     def estimate(self, task, progress=None) -> Profile:
-        raise NotImplementedError
+        """Score every unit of `task` at every candidate."""
 
     def units(self, task) -> list[Unit]:
         mods = task.modules()

@@ -1,6 +1,8 @@
 """Solver: Problem → Allocation. Subclasses implement `_solve(compiled, warm) -> Result`."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ class Result:
     info: dict = field(default_factory=dict)
 
 
-class Solver:
+class Solver(ABC):
     """Base class. `solve(problem)` for one problem; `solve_budgets(problem, budgets)` for the
     same problem at several values of its first budget (compiled once, warm-started)."""
 
@@ -39,8 +41,9 @@ class Solver:
             raise bad("time_limit", time_limit, "must be a positive number of seconds")
         self.time_limit = time_limit
 
+    @abstractmethod
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
-        raise NotImplementedError
+        """One run at the caps of `comp`; `warm` is the previous budget's result, if any."""
 
     def solve(self, problem: Problem) -> Allocation:
         return self.solve_budgets(problem, [None])[0]

@@ -1,4 +1,6 @@
 """ILP backends, one per file, found by name: `highs` (default), `pulp` (CBC), `cpsat` (OR-Tools)."""
+from abc import ABC, abstractmethod
+
 from ...registry import Registry
 
 BACKENDS = Registry("backend", {"highs": "bitalloc.solvers.backends.highs",
@@ -7,10 +9,11 @@ BACKENDS = Registry("backend", {"highs": "bitalloc.solvers.backends.highs",
 register = BACKENDS.register
 
 
-class Backend:
+class Backend(ABC):
     """solve(milp, time_limit, gap, hint) -> BackendResult; hint: (M,) feasible start or None."""
 
     name = "backend"
 
+    @abstractmethod
     def solve(self, milp, time_limit, gap, hint):
-        raise NotImplementedError
+        """Solve the 0/1 program `milp` (bitalloc/solvers/milp.py)."""
