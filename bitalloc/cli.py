@@ -12,14 +12,22 @@ class _Parser(argparse.ArgumentParser):
         raise BitallocError(f"{self.prog}: {message}")
 
 
+# One module per subcommand in bitalloc/commands/, each with add_parser(sub); listed in help order.
+COMMANDS = (
+    "solve",
+    "profile",
+    "scorecard",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .commands import profile, scorecard, solve
+    import importlib
 
     p = _Parser(prog="bitalloc", description="Choose a bit-width per layer/group/channel under hardware budgets.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    for command in (solve, profile, scorecard):
-        command.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"bitalloc.commands.{name}").add_parser(sub)
     return p
 
 

@@ -13,8 +13,10 @@ class CostModel(ABC):
     (bits, cycles, ...). `scale(profile)` converts a user budget to base units
     (cap = budget · scale), e.g. total parameters for an average in bits per weight.
     `feasible(profile) -> (N, K) bool | None`: candidates with no kernel on the target.
-    `additive` is False for resources that are not a sum over units (peak SRAM); solvers that
-    only handle sums refuse those.
+    `additive` is False for resources that are not a sum over units (peak SRAM): their total is
+    the max over `rows(profile)`, each row a sum over a subset of units (one liveness point), so
+    `total <= cap` is exactly one linear constraint per row. Solvers that only handle sums refuse
+    those.
     """
 
     name = "cost"
@@ -32,6 +34,11 @@ class CostModel(ABC):
     def feasible(self, profile) -> np.ndarray | None:
         return None
 
+    def rows(self, profile) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(idx: (n_p,) unit indices, C_p: (n_p, K) base units)], total = max_p Σ C_p[i, choice[idx_i]].
+        An additive model is the single row over all units."""
+        return [(np.arange(len(profile)), self.costs(profile))]
+
     def chosen(self, profile, choice: np.ndarray) -> np.ndarray:
         """(N,) cost of each unit at its chosen candidate index `choice: (N,)`, base units.
         Subclasses with a closed form override this to avoid building the (N, K) matrix."""
@@ -39,4 +46,7 @@ class CostModel(ABC):
 
     def total(self, profile, choice: np.ndarray) -> float:
         """Total in user units for candidate index `choice: (N,)`."""
-        return float(self.chosen(profile, choice).sum() / self.scale(profile))
+        if self.additive:
+            return float(self.chosen(profile, choice).sum() / self.scale(profile))
+        best = max(float(c[np.arange(len(i)), choice[i]].sum()) for i, c in self.rows(profile))
+        return best / self.scale(profile)
