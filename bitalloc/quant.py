@@ -79,3 +79,17 @@ class IntQuant:
         """Sum of squared quantization error ||Q(w) − w||² (float64)."""
         d = self.fake_quant(w) - np.asarray(w, dtype=np.float32)
         return float(np.einsum("ij,ij->", d, d, dtype=np.float64))
+
+
+def quantizer_for(fmt: str, group_size: int | None = 128, symmetric: bool = False, zero: str = "int"):
+    """The quantizer of a candidate's number format (`Profile.formats[k]`, e.g. `int4`).
+
+    The one entry point estimators, `apply` and `verify` use, so a candidate is scored,
+    applied and checked by the same code. Returns an object with `fake_quant(w)` and `error(w)`.
+    `fp16`/`fp32` mean "kept in floating point" (returned as None: no quantization).
+    """
+    if fmt in ("fp16", "fp32", "bf16"):
+        return None
+    if fmt.startswith("int") and fmt[3:].isdigit():
+        return IntQuant(int(fmt[3:]), group_size, symmetric, zero)
+    raise bad("format", fmt, "known formats: int1..int16, fp16, fp32")
