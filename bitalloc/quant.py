@@ -38,42 +38,64 @@ class IntQuant:
 
     def fake_quant(self, w: np.ndarray) -> np.ndarray:
         """Quantize and dequantize `w: (rows, cols)`; returns float32 of the same shape."""
+        return self.decode(*self.encode(w))
+
+    def n_groups(self, cols: int) -> int:
+        g = cols if self.group_size is None else min(self.group_size, cols)
+        return -(-cols // g)
+
+    def encode(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`w: (rows, cols)` → (q, scale, zero): q (rows, cols) int32 levels in [0, 2^b−1]
+        (symmetric: in [−2^(b−1), 2^(b−1)−1]); scale, zero: (rows, n_groups) float32, where the
+        group of column j is j // group_size (the last group may be ragged). w ≈ (q − zero)·scale
+        for an integer zero-point, q·scale + zero for a float minimum, q·scale when symmetric
+        (zero all 0). A constant group gets scale 0 and zero = its value (float) or 0 (int)."""
         w = np.asarray(w, dtype=np.float32)
         if w.ndim != 2:
             raise bad("weight shape", w.shape, "must be 2-D (out_features, in_features)")
         rows, cols = w.shape
         g = cols if self.group_size is None else min(self.group_size, cols)
-        full = cols // g * g
-        out = np.empty_like(w)
-        if full:
-            out[:, :full] = self._groups(w[:, :full].reshape(rows, -1, g)).reshape(rows, full)
-        if full < cols:
-            out[:, full:] = self._groups(w[:, full:].reshape(rows, 1, cols - full)).reshape(rows, cols - full)
-        return out
+        ng = self.n_groups(cols)
+        pad = ng * g - cols
+        x = np.pad(w, ((0, 0), (0, pad)), mode="edge").reshape(rows, ng, g) if pad else w.reshape(rows, ng, g)
+        q, scale, zero = self._encode_groups(x)
+        return q.reshape(rows, ng * g)[:, :cols], scale[..., 0], zero[..., 0]
 
-    def _groups(self, x: np.ndarray) -> np.ndarray:
-        """x: (rows, n_groups, g) → dequantized, one scale (and zero) per [row, group]."""
+    def decode(self, q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+        """Inverse of `encode`: float32 (rows, cols)."""
+        rows, cols = q.shape
+        g = cols if self.group_size is None else min(self.group_size, cols)
+        s = np.repeat(scale, g, axis=1)[:, :cols]
+        z = np.repeat(zero, g, axis=1)[:, :cols]
+        qf = q.astype(np.float32)
+        if self.symmetric:
+            return qf * s
+        if self.zero == "float":
+            return qf * s + z
+        return (qf - z) * s
+
+    def _encode_groups(self, x: np.ndarray):
+        """x: (rows, n_groups, g) → q (same shape, int32), scale and zero (rows, n_groups, 1)."""
         if self.symmetric:
             qmax = 2 ** (self.bits - 1) - 1
-            scale = np.abs(x).max(-1, keepdims=True) / qmax
-            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            return np.clip(np.rint(x / scale), -qmax - 1, qmax) * scale
+            scale = (np.abs(x).max(-1, keepdims=True) / qmax).astype(np.float32)
+            safe = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            q = np.clip(np.rint(x / safe), -qmax - 1, qmax)
+            return q.astype(np.int32), scale, np.zeros_like(scale)
         levels = 2 ** self.bits - 1
         lo = x.min(-1, keepdims=True)
         hi = x.max(-1, keepdims=True)
         if self.zero == "int":  # the range must hold 0 for an integer zero-point in [0, levels] (GPTQ)
             lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
-        scale = (hi - lo) / levels
+        scale = ((hi - lo) / levels).astype(np.float32)
         flat = scale <= 0
-        scale = np.where(flat, 1.0, scale).astype(np.float32)
+        safe = np.where(flat, 1.0, scale).astype(np.float32)
         if self.zero == "float":
-            q = np.clip(np.rint((x - lo) / scale), 0, levels)
-            out = q * scale + lo
-        else:
-            z = np.clip(np.rint(-lo / scale), 0, levels)
-            q = np.clip(np.rint(x / scale) + z, 0, levels)
-            out = (q - z) * scale
-        return np.where(flat, x, out)
+            q = np.clip(np.rint((x - lo) / safe), 0, levels)
+            return q.astype(np.int32), np.where(flat, 0, scale).astype(np.float32), lo.astype(np.float32)
+        z = np.clip(np.rint(-lo / safe), 0, levels)
+        q = np.clip(np.rint(x / safe) + z, 0, levels)
+        return q.astype(np.int32), np.where(flat, 0, scale).astype(np.float32), z.astype(np.float32)
 
     def error(self, w: np.ndarray) -> float:
         """Sum of squared quantization error ||Q(w) − w||² (float64)."""
