@@ -34,6 +34,7 @@ class Solver(ABC):
     name = "solver"
     objectives: tuple[str, ...] = ("sum",)
     max_constraints: int | None = None
+    non_additive = False  # handles constraints whose total is a max over rows (peak SRAM)
 
     def __init__(self, time_limit: float | None = None):
         if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
@@ -60,7 +61,7 @@ class Solver(ABC):
             c = comp.with_caps([k.budget * k.cost.scale(prob.profile) for k in prob.constraints])
             res = self._infeasible(c) or self._solve(c, warm)
             if res.choice is not None and not c.feasible(res.choice):
-                res = Result(repair(c, res.choice), "feasible", res.bound, {**res.info, "repaired": True})
+                res = repaired(c, res, self.time_limit)
             out.append(build_allocation(prob, c, res, self.name, time.perf_counter() - t0 + compile_s))
             compile_s = 0.0
             warm = res if res.choice is not None else warm
@@ -75,8 +76,9 @@ class Solver(ABC):
             raise bad("constraints", len(problem.constraints),
                       f"solver {self.name} handles at most {self.max_constraints}; use --solver ilp")
         for c in problem.constraints:
-            if not c.cost.additive:
-                raise bad("constraint", c.cost.resource, f"is not a sum over units; solver {self.name} cannot handle it")
+            if not c.cost.additive and not self.non_additive:
+                raise bad("constraint", c.cost.resource, f"is a max over rows (e.g. peak SRAM over liveness points), "
+                          f"not a sum over units; solver {self.name} cannot handle it (ilp and greedy can)")
 
     @staticmethod
     def _infeasible(comp: Compiled) -> Result | None:
@@ -85,17 +87,40 @@ class Solver(ABC):
         return Result(None, "infeasible")
 
 
-def repair(comp: Compiled, choice: np.ndarray) -> np.ndarray:
-    """Move units to cheaper candidates, least loss per unit of excess first, until every budget fits."""
+def repaired(comp: Compiled, res: Result, time_limit: float | None) -> Result:
+    """A result whose choice breaks a budget, made feasible: `repair`, else an exact search."""
+    choice = repair(comp, res.choice)
+    if comp.feasible(choice):
+        return Result(choice, "feasible", res.bound, {**res.info, "repaired": True})
+    from .milp import find_feasible
+
+    choice, proven = find_feasible(comp, time_limit)
+    if choice is None:
+        return Result(None, "infeasible" if proven else "time_limit", res.bound, {**res.info, "repaired": False})
+    return Result(choice, "feasible", res.bound, {**res.info, "repaired": True})
+
+
+def repair(comp: Compiled, choice: np.ndarray, max_moves: int | None = None) -> np.ndarray:
+    """Move units to cheaper candidates, least loss per unit of (weighted) excess first, until every
+    row of every budget fits or no move helps. A heuristic: the result may still break a budget."""
     choice = choice.copy()
     rows = np.arange(len(choice))
     allowed = comp.allowed
-    for _ in range(len(choice) * comp.S.shape[1]):
-        over = [(t - cap) / max(cap, 1e-300) for t, cap in zip(comp.totals(choice), comp.caps)]
-        if max(over) <= 0 or all(fits(t, cap) for t, cap in zip(comp.totals(choice), comp.caps)):
+    flat = comp.flat()
+    caps = np.array([comp.caps[i] for i, _ in flat])
+    for _ in range(max_moves or len(choice) * comp.S.shape[1]):
+        over = np.array([r.total(choice) for _, r in flat]) - caps
+        if all(fits(t, cap) for t, cap in zip(over + caps, caps)):
             return choice
-        weight = np.array([max(o, 0.0) for o in over]) / np.maximum(comp.caps, 1e-300)
-        saved = sum(w * (c[rows, choice][:, None] - c) for w, c in zip(weight, comp.C))
+        saved = np.zeros(comp.S.shape)  # Σ over broken rows of weight · cost saved by each move
+        for (_, r), o, cap in zip(flat, over, caps):
+            if o <= 0:
+                continue
+            w = o / max(cap, 1e-300) / max(cap, 1e-300)
+            if r.idx is None:
+                saved += w * (r.C[rows, choice][:, None] - r.C)
+            else:
+                saved[r.idx] += w * (r.C[np.arange(len(r.idx)), choice[r.idx]][:, None] - r.C)
         loss = comp.S - comp.S[rows, choice][:, None]
         score = np.where(allowed & (saved > 0), loss / np.where(saved > 0, saved, 1), np.inf)
         i, k = np.unravel_index(np.argmin(score), score.shape)
@@ -109,8 +134,13 @@ def build_allocation(problem: Problem, comp: Compiled, res: Result, solver: str,
     p = problem.profile
     budgets = {c.cost.resource: float(c.budget) for c in problem.constraints}
     if res.choice is None:
-        mins = comp.min_totals() if res.status == "infeasible" else []
-        return Allocation({}, res.status, solver, budgets=budgets, wall_s=wall, meta=res.info,
+        mins, info = [], res.info
+        if res.status == "infeasible":
+            mins = comp.min_totals()
+            if all(fits(t, cap) for t, cap in zip(mins, comp.caps)):  # each fits alone, not together
+                mins = comp.min_totals_jointly()
+                info = {**info, "min_budgets": "each with the other budgets held"}
+        return Allocation({}, res.status, solver, budgets=budgets, wall_s=wall, meta=info,
                           min_budgets={c.cost.resource: float(m / c.cost.scale(p))
                                        for c, m in zip(problem.constraints, mins)})
     choice = res.choice[comp.group]

@@ -2,8 +2,11 @@
 rounded down to an integer allocation, then the leftover budget spent on the best single upgrades.
 
 Bound: the LP relaxation value (a certified lower bound on the optimum); gap is reported.
-One additive constraint. Scales to 10⁶ units: hull check in one vectorized pass, the efficiency
-threshold found by bucketing log-efficiencies (a weighted histogram) and sorting one bucket only.
+One additive constraint is the fast path; it scales to 10⁶ units: hull check in one vectorized
+pass, the efficiency threshold found by bucketing log-efficiencies (a weighted histogram) and
+sorting one bucket only. Several constraints, or one that is a max over rows (peak SRAM), go
+through Lagrange multipliers on every row (`lagrange.py`): a certified Lagrangian bound, and a
+repair step that always returns a feasible allocation when one exists.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from .frontier import Frontier, frontier
 
 @register("greedy")
 class GreedySolver(Solver):
-    max_constraints = 1
+    non_additive = True
 
     def __init__(self, time_limit: float | None = None, fill: bool = True):
         super().__init__(time_limit)
@@ -32,6 +35,11 @@ class GreedySolver(Solver):
         return c[2]
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
+        if len(comp.rows) > 1 or not comp.additive:
+            from .lagrange import lagrangian
+
+            lg = lagrangian(comp, self.time_limit)
+            return Result(lg.choice, lg.status, lg.bound, {"lagrange_bound": lg.bound, "multipliers": lg.lam.tolist(), **lg.info})
         lp = lp_greedy(comp.S, comp.C[0], comp.caps[0], self._frontier(comp))
         choice = fill(comp.S, comp.C[0], comp.caps[0], lp.choice) if self.fill else lp.choice
         return Result(choice, "feasible", lp.bound, {"lp_bound": lp.bound, "lp_dual": lp.dual})

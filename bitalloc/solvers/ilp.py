@@ -1,9 +1,13 @@
-"""ILP: the exact multiple-choice knapsack, any number of additive budgets.
+"""ILP: the exact multiple-choice knapsack, any number of constraints.
 
-Backends (`backend=`): `highs` (default; the fastest here), `pulp` (CBC), `cpsat` (OR-Tools).
-Every run starts from a feasible allocation (greedy for one budget, else the previous budget's
-answer) so a time limit still returns one. Status is `optimal` only when the backend proved it
-within `gap`; the bound is the backend's dual bound or, failing that, the LP relaxation.
+A constraint that is a max over rows (peak SRAM over liveness points) is exactly one linear
+constraint per row. Backends (`backend=`): `highs` (default; the fastest here), `pulp` (CBC),
+`cpsat` (OR-Tools). Every run starts from a feasible allocation (the greedy for one budget, the
+Lagrangian greedy for several, or the previous budget's answer if better) so a time limit still
+returns one, and cells that no allocation better than that start can use are dropped first
+(reduced-cost fixing: the LP dual of one budget, the Lagrange multipliers of several). Status is
+`optimal` only when the backend proved it within `gap`; the bound is the best of the backend's
+dual bound and the greedy's LP / Lagrangian bound.
 """
 from __future__ import annotations
 
@@ -18,11 +22,14 @@ from .backends import BACKENDS
 from .base import Result, Solver
 from .frontier import frontier
 from .greedy import fill, lp_greedy
+from .lagrange import fix_cells, lagrangian
 from .milp import Milp, lp_bound
 
 
 @register("ilp")
 class IlpSolver(Solver):
+    non_additive = True
+
     def __init__(self, backend: str = "highs", time_limit: float | None = None, gap: float = 1e-9):
         super().__init__(time_limit)
         if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 <= gap < 1:
@@ -32,17 +39,26 @@ class IlpSolver(Solver):
         self.gap = float(gap)
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
-        hint, lp, full = None, None, comp
-        if len(comp.C) == 1:
+        hint, lp, full, extra = None, None, comp, {}
+        if len(comp.rows) == 1 and comp.additive:
             g = lp_greedy(comp.S, comp.C[0], comp.caps[0], frontier(comp.S, comp.C[0]))
             hint, lp = fill(comp.S, comp.C[0], comp.caps[0], g.choice), g.bound
             comp = fix_by_reduced_cost(comp, g.dual, lp, comp.objective_value(hint))
-        elif warm is not None and warm.choice is not None and comp.feasible(warm.choice):
-            hint = warm.choice
+        else:
+            lg = lagrangian(comp, self.time_limit)
+            extra = {"lagrange_" + k: v for k, v in lg.info.items()}
+            if lg.status == "infeasible":  # proven by the exact fallback on the full model
+                return Result(None, "infeasible", info={"backend": self.backend_name, **extra})
+            lp, hint = lg.bound, lg.choice
+            if warm is not None and warm.choice is not None and comp.feasible(warm.choice) and (
+                    hint is None or comp.objective_value(warm.choice) < comp.objective_value(hint)):
+                hint = warm.choice
+            if hint is not None:
+                comp = fix_cells(comp, lg.lam, comp.objective_value(hint))
         m = Milp.build(comp)
         r = self.backend.solve(m, self.time_limit, self.gap, hint)
         info = {"backend": self.backend_name, "cells": int(np.isfinite(comp.S).sum()),
-                "cells_before_fixing": int(np.isfinite(full.S).sum()), **r.info}
+                "cells_before_fixing": int(np.isfinite(full.S).sum()), "rows": m.n_rows, **extra, **r.info}
         if r.infeasible:
             return Result(None, "infeasible", info=info)
         choice = r.choice

@@ -1,9 +1,10 @@
 """The multiple-choice knapsack as a 0/1 program, shared by every ILP backend.
 
-One binary x_j per allowed (row, candidate) cell; Σ_k x_mk = 1 for each row m; for each
-constraint i, Σ_j a_ij x_j <= cap_i. For numerical range the objective has each row's minimum
-subtracted (a constant) and is divided by its largest entry; each constraint row is divided by
-its largest coefficient.
+One binary x_j per allowed (row, candidate) cell; Σ_k x_mk = 1 for each merged unit m; for each
+linear row r of every constraint (one for a sum, one per liveness point for a max over rows),
+Σ_j a_rj x_j <= cap_r, stored sparse (a row over a subset of units holds only their cells). For
+numerical range the objective has each unit's minimum subtracted (a constant) and is divided by
+its largest entry; each constraint row is divided by its largest coefficient.
 """
 from __future__ import annotations
 
@@ -11,22 +12,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..problem import Compiled
+from ..problem import Compiled, Row
 
 
 @dataclass
 class Milp:
-    """row, cand: (J,) cell of each variable; cost: (J,) scaled objective; A: (n_cons, J) scaled
-    coefficients; caps: (n_cons,) scaled caps; raw_A / raw_caps unscaled; offset, obj_scale:
-    true objective = scaled · obj_scale + offset; M rows, K candidates."""
+    """row, cand: (J,) cell of each variable, sorted by row (unit m's cells are
+    unit_start[m]:unit_start[m+1]); cost: (J,) scaled objective; constraint rows in CSR form:
+    a_ptr (R+1,), a_col (nnz,) variable, a_val (nnz,) scaled coefficient, raw_val unscaled;
+    caps / raw_caps: (R,) scaled / unscaled caps; row_scale: (R,) raw = scaled · row_scale;
+    cons: (R,) constraint index of each row; true objective = scaled · obj_scale + offset."""
 
     row: np.ndarray
     cand: np.ndarray
+    unit_start: np.ndarray
     cost: np.ndarray
-    A: np.ndarray
+    a_ptr: np.ndarray
+    a_col: np.ndarray
+    a_val: np.ndarray
+    raw_val: np.ndarray
     caps: np.ndarray
-    raw_A: np.ndarray
     raw_caps: np.ndarray
+    row_scale: np.ndarray
+    cons: np.ndarray
     offset: float
     obj_scale: float
     M: int
@@ -38,14 +46,37 @@ class Milp:
         S = comp.S
         M, K = S.shape
         ok = np.isfinite(S)
-        row, cand = np.nonzero(ok)
+        row, cand = np.nonzero(ok)  # row-major: sorted by unit
+        unit_start = np.searchsorted(row, np.arange(M + 1)).astype(np.int64)
         rmin = np.where(ok, S, np.inf).min(1)
         cost = S[row, cand] - rmin[row]
         scale = float(cost.max()) if len(cost) and cost.max() > 0 else 1.0
-        raw_A = np.array([c[row, cand] for c in comp.C]).reshape(len(comp.C), len(row))
-        rs = np.array([max(float(np.abs(a).max()), 1e-300) for a in raw_A]) if len(raw_A) else np.ones(0)
-        return cls(row, cand, cost / scale, raw_A / rs[:, None], comp.caps / rs, raw_A, comp.caps,
+        cols, vals, caps, cons = [], [], [], []
+        for i, r in comp.flat():
+            j, v = _row_cells(r, row, cand, unit_start)
+            keep = v != 0
+            cols.append(j[keep])
+            vals.append(v[keep])
+            caps.append(comp.caps[i])
+            cons.append(i)
+        ptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])]).astype(np.int64)
+        a_col = np.concatenate(cols).astype(np.int64) if cols else np.zeros(0, np.int64)
+        raw = np.concatenate(vals) if vals else np.zeros(0)
+        rs = np.array([max(float(np.abs(v).max()), 1e-300) if len(v) else 1.0 for v in vals])
+        per = np.repeat(rs, np.diff(ptr)) if len(rs) else np.zeros(0)
+        raw_caps = np.asarray(caps, dtype=np.float64)
+        return cls(row, cand, unit_start, cost / scale, ptr, a_col, raw / per if len(raw) else raw, raw,
+                   raw_caps / rs if len(rs) else raw_caps, raw_caps, rs, np.asarray(cons, np.int64),
                    float(rmin.sum()), scale, M, K)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.caps)
+
+    def constraint(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(columns, scaled coefficients, raw coefficients) of constraint row r."""
+        s = slice(self.a_ptr[r], self.a_ptr[r + 1])
+        return self.a_col[s], self.a_val[s], self.raw_val[s]
 
     def x_of(self, choice: np.ndarray) -> np.ndarray:
         """0/1 vector of a full choice (M,)."""
@@ -64,17 +95,24 @@ class Milp:
     def true_objective(self, scaled: float) -> float:
         return float(scaled) * self.obj_scale + self.offset
 
-    def csc(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Column-wise matrix of all rows (M assignment rows, then the constraint rows)."""
-        J, nc = len(self.row), len(self.A)
-        per = 1 + nc
-        start = np.arange(0, J * per + 1, per, dtype=np.int32)
-        index = np.empty((J, per), np.int32)
-        value = np.empty((J, per))
-        index[:, 0], value[:, 0] = self.row, 1.0
-        for i in range(nc):
-            index[:, 1 + i], value[:, 1 + i] = self.M + i, self.A[i]
-        return start, index.ravel(), value.ravel()
+    def rowwise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row-wise matrix of all rows (M assignment rows, then the constraint rows)."""
+        J = len(self.row)
+        start = np.concatenate([self.unit_start, J + self.a_ptr[1:]]).astype(np.int32)
+        index = np.concatenate([np.arange(J), self.a_col]).astype(np.int32)
+        value = np.concatenate([np.ones(J), self.a_val])
+        return start, index, value
+
+
+def _row_cells(r: Row, row: np.ndarray, cand: np.ndarray, unit_start: np.ndarray):
+    """(variables, raw coefficients) of one Row: every allowed cell of the row's units."""
+    if r.idx is None:
+        return np.arange(len(row)), r.C[row, cand]
+    lo, hi = unit_start[r.idx], unit_start[r.idx + 1]
+    counts = hi - lo
+    local = np.repeat(np.arange(len(r.idx)), counts)
+    j = np.arange(int(counts.sum())) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return j, r.C[local, cand[j]]
 
 
 @dataclass
@@ -102,3 +140,56 @@ def lp_bound(m: Milp) -> float | None:
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return None
     return m.true_objective(h.getInfo().objective_function_value)
+
+
+def min_total(allowed: np.ndarray, rows: list[list[Row]], caps: np.ndarray, i: int,
+              time_limit: float | None = None) -> float:
+    """Smallest total of constraint i (max over its rows) over choices of the allowed cells
+    (allowed: (M, K)) while every other constraint stays within its cap; inf when the others
+    cannot all be met. Exact MILP: minimize t subject to every row of constraint i <= t."""
+    import highspy
+
+    from .backends.highs import new_highs, pass_model
+
+    caps = np.array(caps, dtype=np.float64)
+    caps[i] = 0.0
+    m = Milp.build(Compiled(np.where(allowed, 0.0, np.inf), list(rows), caps, np.arange(len(allowed))))
+    h = new_highs()
+    pass_model(h, m)
+    mine = np.flatnonzero(m.cons == i)
+    h.addCol(1.0, 0.0, highspy.kHighsInf, len(mine), (m.M + mine).astype(np.int32), -1.0 / m.row_scale[mine])
+    h.setOptionValue("mip_rel_gap", 1e-9)
+    h.setOptionValue("mip_abs_gap", 0.0)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    h.run()
+    if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+        return float("inf")
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:  # out of time: the proven lower bound
+        return float(h.getInfo().mip_dual_bound)
+    x = np.asarray(h.getSolution().col_value)
+    choice = m.choice_of(x[:-1])
+    return max((r.total(choice) for r in rows[i]), default=0.0)
+
+
+def find_feasible(comp: Compiled, time_limit: float | None = None) -> tuple[np.ndarray | None, bool]:
+    """(an allocation meeting every row, or None; True when None means proven infeasible).
+    HiGHS on the 0/1 program with the true objective, stopped at its first solution: the repair of
+    last resort, so that heuristics never call a feasible problem infeasible."""
+    import highspy
+
+    from .backends.highs import new_highs, pass_model
+
+    m = Milp.build(comp)
+    h = new_highs()
+    pass_model(h, m)
+    h.setOptionValue("mip_max_improving_sols", 1)
+    h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    h.run()
+    if h.getInfo().primal_solution_status != 2:
+        return None, h.getModelStatus() == highspy.HighsModelStatus.kInfeasible
+    choice = m.choice_of(h.getSolution().col_value)
+    return (choice, False) if comp.feasible(choice) else (None, False)

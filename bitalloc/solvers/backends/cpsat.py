@@ -27,9 +27,10 @@ class CpSatBackend(Backend):
         bounds = np.searchsorted(m.row[order], np.arange(m.M + 1))
         for r in range(m.M):
             model.AddExactlyOne([xs[j] for j in order[bounds[r]:bounds[r + 1]].tolist()])
-        for a, cap in zip(m.raw_A, m.raw_caps):
-            coef, icap = _integer_row(a, cap)
-            model.Add(cp_model.LinearExpr.WeightedSum(xs, coef.tolist()) <= icap)
+        for i in range(m.n_rows):
+            cols, _, a = m.constraint(i)
+            coef, icap = _integer_row(a, m.raw_caps[i])
+            model.Add(cp_model.LinearExpr.WeightedSum([xs[j] for j in cols.tolist()], coef.tolist()) <= icap)
         q = np.round(m.cost * RES).astype(np.int64)
         model.Minimize(cp_model.LinearExpr.WeightedSum(xs, q.tolist()))
         if hint is not None:
@@ -58,6 +59,8 @@ class CpSatBackend(Backend):
 
 
 def _integer_row(a: np.ndarray, cap: float) -> tuple[np.ndarray, int]:
+    if not len(a):
+        return a.astype(np.int64), int(np.floor(cap + 1e-9 * max(abs(cap), 1.0)))
     if np.all(a == np.round(a)) and np.abs(a).max() * len(a) < 2**62:
         return a.astype(np.int64), int(np.floor(cap + 1e-9 * max(abs(cap), 1.0)))
     s = RES / max(float(np.abs(a).max()), 1e-300)

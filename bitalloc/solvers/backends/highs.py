@@ -40,15 +40,15 @@ def pass_model(h, m: Milp, integer: bool = True):
     import highspy
 
     lp = highspy.HighsLp()
-    J, nc = len(m.row), len(m.A)
-    lp.num_col_, lp.num_row_ = J, m.M + nc
+    J, R = len(m.row), m.n_rows
+    lp.num_col_, lp.num_row_ = J, m.M + R
     lp.col_cost_ = m.cost
     lp.col_lower_ = np.zeros(J)
     lp.col_upper_ = np.ones(J)
-    lp.row_lower_ = np.concatenate([np.ones(m.M), np.full(nc, -highspy.kHighsInf)])
+    lp.row_lower_ = np.concatenate([np.ones(m.M), np.full(R, -highspy.kHighsInf)])
     lp.row_upper_ = np.concatenate([np.ones(m.M), m.caps])
-    start, index, value = m.csc()
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    start, index, value = m.rowwise()
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = start, index, value
     if integer:
         lp.integrality_ = [highspy.HighsVarType.kInteger] * J

@@ -25,14 +25,18 @@ class PulpBackend(Backend):
         bounds = np.searchsorted(m.row[order], np.arange(m.M + 1))
         for r in range(m.M):
             prob += pulp.LpAffineExpression((xs[j], 1) for j in order[bounds[r]:bounds[r + 1]].tolist()) == 1, f"one{r}"
-        for i, (a, cap) in enumerate(zip(m.A, m.caps)):
-            prob += pulp.LpAffineExpression(zip(xs, a.tolist())) <= float(cap), f"cap{i}"
+        for i in range(m.n_rows):
+            cols, a, _ = m.constraint(i)
+            prob += pulp.LpAffineExpression(zip((xs[j] for j in cols.tolist()), a.tolist())) <= float(m.caps[i]), f"cap{i}"
         if hint is not None:
             for x, v in zip(xs, m.x_of(hint).tolist()):
                 x.setInitialValue(v)
         with warnings.catch_warnings():  # PuLP 3.3 deprecates its bundled CBC for PuLP 4; it still ships it
             warnings.simplefilter("ignore", DeprecationWarning)
-            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=hint is not None)
+            # increment 0: CBC otherwise prunes nodes that cannot improve the incumbent by its default
+            # cutoff increment, and returned answers 3e-6 (relative) above the optimum as optimal
+            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=gap, warmStart=hint is not None,
+                                       options=["increment 0"])
         prob.solve(solver)
         if prob.status == pulp.LpStatusInfeasible:
             if time_limit is not None:  # CBC stopped by the clock before any solution also says "Integer infeasible"
