@@ -65,7 +65,9 @@ class Estimator(ABC):
         from .. import __version__
 
         info["bitalloc_version"] = __version__
-        return Profile(units, list(self.bits), S, meta=info)
+        from ..hwcost.graph import GRAPH_KEY, record_graph
+
+        return Profile(units, list(self.bits), S, meta=info, extra={GRAPH_KEY: record_graph(task)})
 
 
 @contextlib.contextmanager
