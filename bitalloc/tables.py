@@ -47,7 +47,7 @@ def render(allocs: list[Allocation], console=None, max_rows: int = 60) -> None:
                 for r in rows:
                     t.add_row(r.split(".")[-1], *[_cell(cells.get((r, c))) for c in cols])
             else:
-                t = Table(title=f"bits per unit (budget {_budget_text(a)})", show_edge=False)
+                t = Table(title="bits per unit", show_edge=False)  # budgets: in the summary below
                 t.add_column("unit")
                 t.add_column("bits", justify="right")
                 items = list(a.bits.items())

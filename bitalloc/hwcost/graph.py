@@ -4,8 +4,9 @@
 (a TorchDispatchMode sees every aten op with its real tensors) and keeps, in execution order,
 one node per op that allocates a new activation tensor: its element count, the ops it reads,
 and the quantizable layer that produced it (views and in-place ops allocate nothing and are
-folded into the tensor they alias; weights and buffers are not activations). Stored in a
-profile as `extra["graph"]`:
+folded into the tensor they alias; weights and buffers are not activations; pooling's argmax
+indices are dropped). The model runs in eval mode, its modes restored after. `bitalloc profile`
+stores it in the profile as `extra["graph"]` (`attach_graph(profile, task)` from Python):
 
     {"per": "sample", "source": "...", "nodes": [{"op": "convolution", "elems": 1024,
      "inputs": [0], "layer": "conv1", "shape": {...}}, ...]}
@@ -83,13 +84,22 @@ def record_graph(task) -> dict:
         return hook
 
     hooks += [mods[name].register_forward_hook(tag(name)) for name in task.layers]
+    modes = [m.training for m in model.modules()]
     try:
+        model.eval()
         with torch.no_grad(), Recorder():
             task.loss(model, _first(task.calib[0]))
     finally:
         for h in hooks:
             h.remove()
+        for m, t in zip(model.modules(), modes):
+            m.train(t)
     return {"per": "sample", "source": "torch dispatch trace of one calibration sample", "nodes": nodes}
+
+
+def attach_graph(profile, task) -> None:
+    """Record `task`'s layer graph into `profile.extra["graph"]` (saved with the profile)."""
+    profile.extra[GRAPH_KEY] = record_graph(task)
 
 
 def _key(t) -> int:

@@ -65,9 +65,7 @@ class Estimator(ABC):
         from .. import __version__
 
         info["bitalloc_version"] = __version__
-        from ..hwcost.graph import GRAPH_KEY, record_graph
-
-        return Profile(units, list(self.bits), S, meta=info, extra={GRAPH_KEY: record_graph(task)})
+        return Profile(units, list(self.bits), S, meta=info)
 
 
 @contextlib.contextmanager
