@@ -13,8 +13,8 @@
    of the uniform int8 deployment measured here (this machine's speed is not known in advance),
    and peak SRAM <= 128 KiB (the unpack-to-fp32 path of a sub-byte layer needs the whole
    dequantized layer as scratch, so SRAM decides which layers may go below 8 bits).
-5. Report: the allocation, each total next to its budget, and the latency recomputed directly
-   from the measured rows.
+5. Report: the allocation, each total next to its budget, the latency recomputed directly
+   from the measured rows, and what the SRAM budget changed (the optimum without it).
 
 Run: `python examples/mcu_flow.py [--workdir DIR] [--repeats 10]` (writes into a temp folder by default).
 """
@@ -56,7 +56,8 @@ def measured_latency_ms(path: Path, profile, bits: dict[str, int], a_bits_of: di
 
 
 def main(workdir: str | None = None, repeats: int = 10, warmup: int = 2, samples: int = 64) -> dict:
-    from bitalloc import Allocation, Profile
+    import bitalloc
+    from bitalloc import Allocation, Constraint, Problem, Profile
     from bitalloc.hwcost.device_profile import DeviceProfile
     from bitalloc.hwcost.latency import LatencyCost
     from bitalloc.hwcost.mcu import McuCost
@@ -99,6 +100,16 @@ def main(workdir: str | None = None, repeats: int = 10, warmup: int = 2, samples
         print(f"{r:<12}{t:>12.4f}{budgets[r]:>12.4f}  {'yes' if t <= budgets[r] * (1 + 1e-9) else 'NO'}")
     print(f"latency recomputed from the measured rows of {Path(meas).name}: {recomputed:.4f} ms")
     print(f"fit: {lat.fit.text()}")
+    rows = alloc.meta.get("rows")
+    if rows:
+        print(f"peak SRAM as lazy liveness rows: {rows['rows_added']} of {rows['rows_total']['sram_kb']} rows needed, "
+              f"{rows['rounds']} solver rounds")
+    # What the SRAM budget changed: the same problem without it.
+    free = bitalloc.solve(Problem(profile, [Constraint(lat, budgets["latency_ms"]), Constraint(flash, budgets["flash_kb"])]))
+    if free.bits != alloc.bits:
+        print("without the SRAM budget: " + ", ".join(f"{s}={b}" for s, b in free.bits.items())
+              + f" (objective {free.objective:.4g} vs {alloc.objective:.4g}), peak SRAM "
+              f"{sram.total(profile, free.choice(profile)):.2f} KiB")
     return {"profile": prof, "plan": plan, "measured": meas, "allocation": out, "budgets": budgets,
             "totals": totals, "recomputed_latency_ms": recomputed}
 
