@@ -246,6 +246,7 @@ def test_measured_rows_fit_fill_and_unsupported(tmp_path):
     rows.append(row(layer="A", w=2, a=8, kernel="unpack_s8", value="", n="", status="unsupported"))
     rows.append(row(layer="B", w=16, a=32, kernel="f32", value="", n="", status="oom"))
     rows.append(row(layer="D", w=8, metric="cycles", unit="cycles", value="216000", kernel="s8_alt"))  # 1 ms
+    rows.append(row(layer="D", w=8, a=4, kernel="s8a4", value="0.01"))  # no candidate runs int8 weights on 4-bit activations
     path = tmp_path / "m.csv"
     path.write_text(dp_text(rows))
     lat = LatencyCost(device_profile=str(path), unit="ms")
@@ -253,6 +254,7 @@ def test_measured_rows_fit_fill_and_unsupported(tmp_path):
     assert C[:3, k8] == pytest.approx(3 * analytic[:3, k8])  # measured
     assert C[3, k8] == pytest.approx(1e-3)  # 216000 cycles at the header clock
     assert lat.fit.n_rows == 4 and lat.fit.measured == 4 and lat.fit.infeasible == 1
+    assert lat.fit.filled == 4 * 3 - 4 - 1 and lat.fit.unmatched == 1
     assert len(lat.fit.problems) == 1 and "oom" in lat.fit.problems[0]
     # fit on the three exact rows (ratio 1/3) and D's: least squares on the relative error
     r = np.r_[np.full(3, 1 / 3), analytic[3, k8] / 1e-3]

@@ -241,6 +241,7 @@ class Fit:
     relative error); n_rows: measured cells the fit used; rel_residual: RMS relative error of
     the scaled analytic figures on them; measured / filled: layer-candidate cells from rows /
     from the scaled analytic model; infeasible: cells made infeasible by `unsupported` rows;
+    unmatched: rows whose (w_bits, a_bits) is no candidate of the profile on this device;
     problems: `oom`/`error` rows, as text."""
 
     factor: float = 1.0
@@ -249,12 +250,15 @@ class Fit:
     measured: int = 0
     filled: int = 0
     infeasible: int = 0
+    unmatched: int = 0
     problems: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         res = "n/a" if self.rel_residual is None else f"{self.rel_residual:.3f}"
         s = (f"measured {self.measured} layer-candidate cells, {self.filled} from the analytic model x {self.factor:.4g} "
              f"(fit on {self.n_rows} rows, relative residual {res}), {self.infeasible} unsupported")
+        if self.unmatched:
+            s += f"; {self.unmatched} rows match no candidate (w_bits, a_bits) of the profile on this device"
         if self.problems:
             s += f"; {len(self.problems)} rows not measured: " + "; ".join(self.problems[:5])
             if len(self.problems) > 5:
@@ -299,6 +303,7 @@ def apply_measured(dp: DeviceProfile, profile, a_bits: list[int | None], analyti
         j = where[r.layer]
         if r.macs != int(round(lv.macs[j])):
             raise dp.error(r, "macs", r.macs, f"the profile's layer {r.layer!r} has {int(round(lv.macs[j]))} MACs (a different model or input size?)")
+        fit.unmatched += (r.w_bits, r.a_bits) not in cand
         for k in cand.get((r.w_bits, r.a_bits), []):
             if r.status == "unsupported":
                 bad_cells.add((j, k))
@@ -321,5 +326,8 @@ def apply_measured(dp: DeviceProfile, profile, a_bits: list[int | None], analyti
         infeasible[c] = True
     fit.measured = len(best)
     fit.infeasible = int(infeasible.sum())
-    fit.filled = int(analytic.size - fit.measured - fit.infeasible)
+    has_kernel = np.array([a is not None for a in a_bits])[None, :] & np.ones(analytic.shape, dtype=bool)
+    for c in best:
+        has_kernel[c] = False
+    fit.filled = int((has_kernel & ~infeasible).sum())
     return T, infeasible, fit

@@ -80,8 +80,7 @@ class McuCost(TargetCost):
                 if ker is not None:
                     out[:, k] = ker.seconds(lv.macs, lv.n_params, clock) + self.device.layer_overhead_s
             return self.measured(profile, out) * clock
-        # sram: the largest contribution of each layer to any liveness row (see costs())
-        return np.zeros_like(out)
+        raise AssertionError("sram is priced per liveness row (rows(), costs()), not per layer")
 
     # ---- sram: one row per liveness point ------------------------------------------------
     def rows(self, profile) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -9,6 +9,8 @@ gets its layer's cost times its share of the layer's weights.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import numpy as np
 
 from ..errors import bad
@@ -67,9 +69,9 @@ class TargetCost(CostModel):
         """(K,) activation bits of each candidate's kernel on the device (None: no kernel)."""
         return [None if k is None else k.a_bits for k in self.kernels(profile)]
 
+    @abstractmethod
     def layer_costs(self, profile) -> np.ndarray:
         """(L, K) cost of each whole layer at each candidate, base units (0 where no kernel)."""
-        raise NotImplementedError
 
     def costs(self, profile) -> np.ndarray:
         def make():
