@@ -47,7 +47,7 @@ def render(allocs: list[Allocation], console=None, max_rows: int = 60) -> None:
                 for r in rows:
                     t.add_row(r.split(".")[-1], *[_cell(cells.get((r, c))) for c in cols])
             else:
-                t = Table(title=f"bits per unit (budget {_budget_text(a)})", show_edge=False)
+                t = Table(title="bits per unit", show_edge=False)  # budgets: in the summary below
                 t.add_column("unit")
                 t.add_column("bits", justify="right")
                 items = list(a.bits.items())
@@ -66,11 +66,12 @@ def summary_table(a: Allocation):
     t.add_column("resource")
     t.add_column("total", justify="right")
     t.add_column("budget", justify="right")
+    t.add_column("used", justify="right")
     for res, total in a.totals.items():
         b = a.budgets.get(res)
-        t.add_row(res, f"{total:.4f}", "" if b is None else f"{b:.4f}")
+        t.add_row(res, f"{total:.4f}", "" if b is None else f"{b:.4f}", f"{100 * total / b:.1f}%" if b else "")
     for res, m in a.min_budgets.items():
-        t.add_row(f"{res} (smallest feasible)", f"{m:.4f}", f"{a.budgets.get(res, float('nan')):.4f}")
+        t.add_row(f"{res} (smallest feasible)", f"{m:.4f}", f"{a.budgets.get(res, float('nan')):.4f}", "")
     if a.objective is not None:
         t.add_row("objective (expected loss increase)", f"{a.objective:.6g}", "")
     if a.bound is not None:

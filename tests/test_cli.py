@@ -104,7 +104,7 @@ OPTION_ERRORS = [  # (extra arguments, regex on the message)
     (["--budget", "4", "--time-limit", "-1"], r"time_limit -1\.0: must be a positive number"),
     (["--budget", "4", "--gap", "2"], r"gap 2\.0: must be a relative gap"),
     (["--budget", "4", "--frobnicate"], r"unrecognized arguments: --frobnicate"),
-    ([], r"the following arguments are required: --budget"),
+    ([], r"give --budget \(bits per weight\) and/or --constraint"),
 ]
 
 

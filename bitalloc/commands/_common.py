@@ -85,3 +85,62 @@ def progress_bar(desc: str):
         bar.refresh()
 
     return update, bar.close
+
+
+# ---- hardware constraints: `--constraint latency_ms<=3.5` ---------------------------------
+# resource name (with its unit) → (cost model, options)
+RESOURCES = {
+    **{f"latency_{u}": ("latency", {"unit": u}) for u in ("ms", "us", "s")},
+    **{f"{m}_{u}": ("mcu", {"metric": m, "unit": u}) for m in ("flash", "sram") for u in ("kb", "b", "mb")},
+    **{f"{u}cycles": ("mcu", {"metric": "cycles", "unit": u}) for u in ("", "k", "m")},
+    **{m: ("fpga", {"metric": m}) for m in ("lut", "dsp", "bram")},
+    "klut": ("fpga", {"metric": "lut", "unit": "k"}),
+    "avg_bits": ("memory", {}),
+    "avg_bits_with_overhead": ("memory", {"count_overhead": True}),
+}
+_DEVICE_MODELS = ("latency", "mcu", "fpga")
+
+
+def parse_constraint(text: str, device: str | None = None, device_profile=None, options: dict | None = None):
+    """`NAME<=NUMBER` → Constraint(cost model, budget); the unit is part of NAME (`flash_kb`: KiB).
+    device / device_profile go to the device-bound models; `options` (e.g. reuse_factor) to
+    whichever model accepts them."""
+    import inspect
+    import math
+    import re
+
+    from ..hwcost import COST_MODELS
+    from ..problem import Constraint
+
+    m = re.fullmatch(r"\s*([A-Za-z_]+)\s*<=\s*(\S+)\s*", text)
+    if not m:
+        raise bad("--constraint", text, f"must be RESOURCE<=NUMBER, e.g. latency_ms<=3.5; resources: {', '.join(RESOURCES)}")
+    name, num = m.group(1).lower(), m.group(2)
+    if name not in RESOURCES:
+        raise bad("--constraint resource", name, f"allowed (the unit is part of the name): {', '.join(RESOURCES)}")
+    try:
+        budget = float(num)
+    except ValueError:
+        budget = float("nan")
+    if not math.isfinite(budget) or budget < 0:
+        raise bad(f"--constraint {name} budget", num, "must be a finite number >= 0")
+    model, opts = RESOURCES[name]
+    cls = COST_MODELS.get(model)
+    opts = dict(opts)
+    if model in _DEVICE_MODELS:
+        if device is None and device_profile is None:
+            from ..hwcost.devices import device_names
+
+            raise bad("--device", None, f"resource {name} needs a target device; allowed: {', '.join(device_names())}")
+        opts["device"] = device
+        if device_profile is not None and model != "fpga":
+            opts["device_profile"] = device_profile
+    params = inspect.signature(cls.__init__).parameters
+    opts.update({k: v for k, v in (options or {}).items() if k in params})
+    return Constraint(cls(**opts), budget)
+
+
+def fit_reports(constraints) -> dict[str, str]:
+    """resource → one line on how its measured device profile was used (after costs were built)."""
+    return {c.cost.resource: f"{c.cost.device_profile.path} on {c.cost.device.name}: {c.cost.fit.text()}"
+            for c in constraints if getattr(c.cost, "fit", None) is not None}

@@ -34,6 +34,9 @@ def run(args) -> int:
         profile = estimator.estimate(task, progress=update)
     finally:
         close()
+    from ..hwcost.graph import attach_graph
+
+    attach_graph(profile, task)  # one more forward pass on one sample: the layer graph for peak SRAM
     profile.save(args.out, force=args.force)
     print(f"wrote {args.out}: {profile.n_units} units x {len(profile.bits)} candidates, "
           f"{profile.meta.get('seconds', 0):.1f} s, passes: {profile.meta.get('passes', '?')}", file=sys.stderr)

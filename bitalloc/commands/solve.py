@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import BitallocError, bad
@@ -12,7 +13,17 @@ from ..errors import BitallocError, bad
 def add_parser(sub) -> None:
     s = sub.add_parser("solve", help="solve a profile under budgets")
     s.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
-    s.add_argument("--budget", required=True, help="average bits per weight; several: 2.5,3,3.25,4")
+    s.add_argument("--budget", default=None, help="average bits per weight; several: 2.5,3,3.25,4")
+    s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=N",
+                   help="hardware budget, unit in the name: latency_ms<=3.5, flash_kb<=512, sram_kb<=128, "
+                        "mcycles<=20, lut<=50000, dsp<=100, bram<=40 (repeatable)")
+    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, "
+                                                  "host-cpu, vu9p, z7020 (bitalloc/data/devices)")
+    s.add_argument("--device-profile", default=None, metavar="M.CSV",
+                   help="measured costs (bitalloc measure / an on-device harness); missing rows from the "
+                        "analytic model scaled by a fitted factor; sets --device")
+    s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="cost-model option, e.g. reuse_factor=4 (fpga)")
     s.add_argument("--solver", default="ilp", help="ilp (exact, default) or greedy")
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
     s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
@@ -58,7 +69,18 @@ def run(args) -> int:
     from ..profile import Profile
     from ..solvers import SOLVERS, get_solver
 
-    budgets = _budgets(args.budget)
+    from ._common import fit_reports, parse_constraint, parse_options
+
+    if args.budget is None and not args.constraint:
+        raise bad("--budget/--constraint", None, "give --budget (bits per weight) and/or --constraint RESOURCE<=N")
+    budgets = _budgets(args.budget) if args.budget is not None else [None]
+    dp = None
+    if args.device_profile:
+        from ..hwcost.device_profile import DeviceProfile
+
+        dp = DeviceProfile.load(args.device_profile)
+    cost_opts = parse_options(args.cost_option)
+    constraints = [parse_constraint(t, args.device, dp, cost_opts) for t in args.constraint]
     SOLVERS.get(args.solver)
     opts = {}
     if args.time_limit is not None:
@@ -80,17 +102,33 @@ def run(args) -> int:
 
         profile = Profile.load(default_profile_path())
     ties = [g for spec in args.tie for g in tie_groups(profile.names, _tie_tokens(spec))]
-    problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, pins=_pins(args.pin),
-                                   ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)
-    allocs = solver.solve_budgets(problem, budgets)
+    kw = dict(pins=_pins(args.pin), ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)
+    if args.budget is not None:
+        problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, **kw)
+        problem = replace(problem, constraints=[*problem.constraints, *constraints])
+    else:
+        problem = Problem(profile, constraints, **kw)
+    from ..hwcost.rows import solve_with_rows
+
+    allocs = solve_with_rows(solver, problem, budgets)
+    fits = fit_reports(problem.constraints)
+    for a in allocs:
+        if fits:
+            a.meta["device_profile"] = fits
     for a, b in zip(allocs, budgets):
         if a.status == "infeasible":
-            res, m = next(iter(a.min_budgets.items()))
+            over = [(r, m) for r, m in a.min_budgets.items() if m > a.budgets.get(r, math.inf) * (1 + 1e-12)]
+            res, m = over[0] if over else next(iter(a.min_budgets.items()))
             m = math.ceil(m * 1e4 - 1e-8) / 1e4  # rounded up, so the number shown is itself feasible
-            raise BitallocError(f"budget {b:g} is below the smallest feasible {res} {m:.4f} for this profile"
-                                " (with its pins and limits); infeasible")
+            if over:
+                shown = f"{b:g}" if b is not None and res == next(iter(a.budgets)) else f"{res} <= {a.budgets[res]:g}"
+                raise BitallocError(f"budget {shown} is below the smallest feasible {res} {m:.4f} for this profile"
+                                    " (with its pins and limits); infeasible")
+            raise BitallocError("budgets " + ", ".join(f"{r} <= {v:g}" for r, v in a.budgets.items())
+                                + " cannot all be met at once (each alone can); infeasible")
         if not a.ok:
-            raise BitallocError(f"budget {b:g}: no allocation found within --time-limit {args.time_limit}")
+            shown = ", ".join(f"{r} <= {v:g}" for r, v in a.budgets.items())
+            raise BitallocError(f"budget {shown}: no allocation found within --time-limit {args.time_limit}")
     for a, path in zip(allocs, outs):
         a.save(path, force=args.force)
     if args.json:
@@ -99,6 +137,8 @@ def run(args) -> int:
     else:
         from ..tables import render
 
+        for res, line in fits.items():
+            print(f"{res}: {line}", file=sys.stderr)
         render(allocs)
         for path in outs:
             print(f"wrote {path}")

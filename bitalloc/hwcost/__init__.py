@@ -1,7 +1,11 @@
 """Hardware cost models, one per file, found by name (`get_cost_model("memory")`)."""
 from ..registry import Registry
 
-COST_MODELS = Registry("cost model", {"memory": "bitalloc.hwcost.memory"})
+COST_MODELS = Registry("cost model", {"memory": "bitalloc.hwcost.memory",
+                                      "latency": "bitalloc.hwcost.latency",
+                                      "measured": "bitalloc.hwcost.latency",
+                                      "mcu": "bitalloc.hwcost.mcu",
+                                      "fpga": "bitalloc.hwcost.fpga"})
 register = COST_MODELS.register
 
 
