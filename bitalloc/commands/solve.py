@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 from ..errors import BitallocError, bad
+from . import _optuna
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("solve", help="solve a profile under budgets")
     s.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
     s.add_argument("--budget", required=True, help="average bits per weight; several: 2.5,3,3.25,4")
-    s.add_argument("--solver", default="ilp", help="ilp (exact, default) or greedy")
+    s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy or optuna")
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
     s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
     s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
     s.add_argument("--force", action="store_true", help="overwrite --out")
     s.add_argument("--json", action="store_true", help="print the allocation(s) as JSON instead of tables")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)  # also accepted after the subcommand
+    _optuna.add_args(s)
     s.set_defaults(func=run)
 
 
@@ -70,6 +72,7 @@ def run(args) -> int:
             opts["gap"] = args.gap
     elif args.backend is not None or args.gap is not None:
         raise bad("--backend/--gap", args.backend or args.gap, f"only apply to --solver ilp, not {args.solver}")
+    opts.update(_optuna.options(args, "avg_bits_with_overhead" if args.count_overhead else "avg_bits"))
     solver = get_solver(args.solver, **opts)
     outs = _out_paths(args.out, budgets, args.force) if args.out else []
 
@@ -82,7 +85,16 @@ def run(args) -> int:
     ties = [g for spec in args.tie for g in tie_groups(profile.names, _tie_tokens(spec))]
     problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, pins=_pins(args.pin),
                                    ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)
-    allocs = solver.solve_budgets(problem, budgets)
+    close = None
+    if args.solver == "optuna":  # the bar only once every input has been checked
+        from ._common import progress_bar
+
+        solver.progress, close = progress_bar("optuna trials")
+    try:
+        allocs = solver.solve_budgets(problem, budgets)
+    finally:
+        if close:
+            close()
     for a, b in zip(allocs, budgets):
         if a.status == "infeasible":
             res, m = next(iter(a.min_budgets.items()))
@@ -100,6 +112,8 @@ def run(args) -> int:
         from ..tables import render
 
         render(allocs)
+        for a in allocs:
+            _optuna.render(a)
         for path in outs:
             print(f"wrote {path}")
     return 0
