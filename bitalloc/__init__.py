@@ -22,8 +22,10 @@ __all__ = ["Allocation", "BitallocError", "Constraint", "Problem", "Profile", "U
 def solve(problem_or_profile, budget: float | None = None, solver: str = "ilp", **options) -> Allocation:
     """Solve a Problem, or a Profile at an average of `budget` bits per weight.
 
-    options go to the solver (`backend`, `time_limit`, `gap` for ilp); with a Profile, the
-    Problem options (`pins`, `ties`, `min_bits`, `max_bits`, `count_overhead`) are accepted too.
+    options go to the solver (`backend`, `time_limit`, `gap` for ilp; for `solver="optuna"`:
+    `evaluate=fn` with fn(Allocation) -> float | tuple, `n_trials`, `sampler` (tpe | nsga2),
+    `objectives`, `storage`, `study`, `workers`, `seed`); with a Profile, the Problem options
+    (`pins`, `ties`, `min_bits`, `max_bits`, `count_overhead`) are accepted too.
     """
     return solve_budgets(problem_or_profile, [budget], solver, **options)[0]
 

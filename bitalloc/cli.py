@@ -19,6 +19,8 @@ COMMANDS = (
     "scorecard",
     "mcu",
     "measure",
+    "pareto",
+    "report",
 )
 
 
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bitalloc: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bitalloc: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a message, if any, says what was kept (e.g. a resumable study)
+        print(f"bitalloc: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import BitallocError, bad
+from . import _optuna
 
 
 def add_parser(sub) -> None:
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
                         "analytic model scaled by a fitted factor; sets --device")
     s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
                    help="cost-model option, e.g. reuse_factor=4 (fpga)")
-    s.add_argument("--solver", default="ilp", help="ilp (exact, default) or greedy")
+    s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy or optuna")
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
     s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
     s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
@@ -39,6 +40,7 @@ def add_parser(sub) -> None:
     s.add_argument("--force", action="store_true", help="overwrite --out")
     s.add_argument("--json", action="store_true", help="print the allocation(s) as JSON instead of tables")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)  # also accepted after the subcommand
+    _optuna.add_args(s)
     s.set_defaults(func=run)
 
 
@@ -92,6 +94,7 @@ def run(args) -> int:
             opts["gap"] = args.gap
     elif args.backend is not None or args.gap is not None:
         raise bad("--backend/--gap", args.backend or args.gap, f"only apply to --solver ilp, not {args.solver}")
+    opts.update(_optuna.options(args, "avg_bits_with_overhead" if args.count_overhead else "avg_bits"))
     solver = get_solver(args.solver, **opts)
     outs = _out_paths(args.out, budgets, args.force) if args.out else []
 
@@ -110,7 +113,16 @@ def run(args) -> int:
         problem = Problem(profile, constraints, **kw)
     from ..hwcost.rows import solve_with_rows
 
-    allocs = solve_with_rows(solver, problem, budgets)
+    close = None
+    if args.solver == "optuna":  # the bar only once every input has been checked
+        from ._common import progress_bar
+
+        solver.progress, close = progress_bar("optuna trials")
+    try:
+        allocs = solve_with_rows(solver, problem, budgets)
+    finally:
+        if close:
+            close()
     fits = fit_reports(problem.constraints)
     for a in allocs:
         if fits:
@@ -140,6 +152,8 @@ def run(args) -> int:
         for res, line in fits.items():
             print(f"{res}: {line}", file=sys.stderr)
         render(allocs)
+        for a in allocs:
+            _optuna.render(a)
         for path in outs:
             print(f"wrote {path}")
     return 0
