@@ -88,12 +88,8 @@ def summary_table(a: Allocation):
 
 
 def _labels(a: Allocation) -> dict:
-    """unit → its bits, or its format name where the allocation names a non-default format."""
-    if not a.formats:
-        return a.bits
-    from .profile import default_format
-
-    return {s: b if a.formats[s] == default_format(b) else a.formats[s] for s, b in a.bits.items()}
+    """unit → its bits, or its format name (`int4`, `mxfp4`) when the allocation names formats."""
+    return {s: a.formats[s] for s in a.bits} if a.formats else a.bits
 
 
 def _order(item):

@@ -157,6 +157,7 @@ def test_zero_tensor_and_ragged_blocks():
         w = weights(3, 50, seed=5)  # 50 = 32 + 18 (ragged MX/int block), 3·16 + 2 (ragged NVFP4 block)
         codes, scale, zero = q.encode(w)
         assert codes.shape == (3, 50) and scale.shape == (3, 4 if fmt == "nvfp4" else 2)
+        np.testing.assert_array_equal(q.fake_quant(w), q.decode(codes, scale, zero))
         assert q.error(w) == pytest.approx(float(((q.fake_quant(w) - w).astype(np.float64) ** 2).sum()))
         assert q.error(w) < 0.05 * float((w.astype(np.float64) ** 2).sum())
 

@@ -79,8 +79,14 @@ class ScaledFloat(ABC):
         return self.values[q] * np.repeat(scale, g, axis=1)[:, :cols]
 
     def fake_quant(self, w: np.ndarray) -> np.ndarray:
-        """Quantize and dequantize `w: (rows, cols)`; float32 of the same shape."""
-        return self.decode(*self.encode(w))
+        """Quantize and dequantize `w: (rows, cols)`; float32 of the same shape. Equal to
+        decode(encode(w)), computed on the blocks without codes (faster)."""
+        x, g = to_blocks(w, self.block)
+        rows, nb, _ = x.shape
+        scale = self._scales(np.abs(x).max(-1, keepdims=True), w).astype(np.float32)
+        safe = np.where(scale > 0, scale, np.float32(1))
+        y = (self.element.round(x / safe).astype(np.float32) * scale).reshape(rows, nb * g)
+        return y[:, : np.shape(w)[1]]
 
     def error(self, w: np.ndarray) -> float:
         """Sum of squared quantization error ||Q(w) − w||² (float64)."""

@@ -58,21 +58,30 @@ class Minifloat:
         half[: self.n_finite] = self.positive
         return np.concatenate([half, -half]).astype(np.float32)
 
-    def round(self, x: np.ndarray) -> np.ndarray:
-        """Nearest representable value of each element of x (float64), ties to even, saturating."""
-        x = np.asarray(x, dtype=np.float64)
-        mag = np.minimum(np.abs(x), self.max)
+    def _grid(self, x: np.ndarray):
+        """(k, binade, quantum): |x| (clipped to max) ≈ k · quantum with k = rint(|x| / quantum),
+        quantum = 2^(max(floor(log2|x|), emin) − mbits), binade = that exponent − emin. Exact in
+        float32 for float32 input (quantum is a power of two); float64 input stays float64."""
+        x = np.asarray(x)
+        dt = np.float64 if x.dtype == np.float64 else np.float32
+        mag = np.minimum(np.abs(x.astype(dt, copy=False)), dt(self.max))
         _, e2 = np.frexp(mag)  # mag = f·2^e2, f in [0.5, 1): floor(log2 mag) = e2 − 1
-        quantum = np.ldexp(1.0, np.maximum(e2 - 1, self.emin) - self.mbits)
-        r = np.minimum(np.rint(mag / quantum) * quantum, self.max)  # np.rint: half to even
-        return np.copysign(r, x)
+        binade = np.maximum(e2 - 1 - self.emin, 0)
+        quantum = np.ldexp(dt(1), binade + (self.emin - self.mbits)).astype(dt, copy=False)
+        return np.rint(mag / quantum), binade, quantum  # np.rint: half to even (even k = even mantissa)
+
+    def round(self, x: np.ndarray) -> np.ndarray:
+        """Nearest representable value of each element of x, ties to even, saturating (the max is
+        the last value of its binade, so a clipped magnitude never rounds past it)."""
+        k, _, quantum = self._grid(x)
+        return np.copysign(k * quantum, x)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        """Codes (int32, same shape) of the rounded values of x."""
-        r = self.round(x)
-        mag = np.abs(r)
-        code = np.searchsorted(self.positive, mag).astype(np.int32)  # exact: mag is on the grid
-        return np.where(r < 0, code | (1 << (self.bits - 1)), code).astype(np.int32)
+        """Codes (int32, same shape) of the rounded values of x: within a binade the code steps by
+        one per quantum, and k = 2^(mbits+1) is the next binade's first code."""
+        k, binade, _ = self._grid(x)
+        code = (binade << self.mbits) + k.astype(np.int32)
+        return np.where((np.asarray(x) < 0) & (code > 0), code | (1 << (self.bits - 1)), code).astype(np.int32)
 
     def decode(self, code: np.ndarray) -> np.ndarray:
         return self.values[code]
