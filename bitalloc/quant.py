@@ -1,7 +1,9 @@
 """Quantizers and their error, in numpy (the same code scores candidates and, later, applies them).
 
 Weights are 2-D (out_features, in_features); groups run along the input dimension, as in GPTQ,
-AWQ and llama.cpp blocks. Round-to-nearest.
+AWQ and llama.cpp blocks. Round-to-nearest. Integers live here; minifloat, OCP MX and NVFP4 in
+bitalloc/formats/. `quantizer_for(fmt, ...)` turns a candidate's format name into its quantizer;
+every quantizer has fake_quant, error, encode/decode and storage_bits(rows, cols).
 """
 from __future__ import annotations
 
@@ -102,16 +104,74 @@ class IntQuant:
         d = self.fake_quant(w) - np.asarray(w, dtype=np.float32)
         return float(np.einsum("ij,ij->", d, d, dtype=np.float64))
 
+    def storage_bits(self, rows, cols, scale_bits: int = 16, zero_bits: int | None = None):
+        """Exact bits to store a (rows, cols) tensor (numpy arrays allowed; float64): b bits per
+        weight plus, per group, a `scale_bits` scale and (asymmetric) a `zero_bits` zero-point
+        (default 16, 0 when symmetric)."""
+        if zero_bits is None:
+            zero_bits = 0 if self.symmetric else 16
+        rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols)
+        groups = rows if self.group_size is None else rows * -(-cols // self.group_size)
+        return rows * cols * self.bits + groups * (scale_bits + zero_bits)
 
-def quantizer_for(fmt: str, group_size: int | None = 128, symmetric: bool = False, zero: str = "int"):
-    """The quantizer of a candidate's number format (`Profile.formats[k]`, e.g. `int4`).
 
-    The one entry point estimators, `apply` and `verify` use, so a candidate is scored,
-    applied and checked by the same code. Returns an object with `fake_quant(w)` and `error(w)`.
-    `fp16`/`fp32` mean "kept in floating point" (returned as None: no quantization).
+def quantizer_for(fmt, group_size: int | None = 128, symmetric: bool = False, zero: str = "int"):
+    """The quantizer of a candidate's number format (`Profile.formats[k]`, e.g. `int4`, `fp4_e2m1`,
+    `mxfp4`, `nvfp4`; names in bitalloc/formats/spec.py).
+
+    The one entry point estimators, `apply` and `verify` use, so a candidate is scored, applied and
+    checked by the same code. group_size: input columns per scale of `int` and per-group `fp`
+    formats (a `_g<N>` suffix overrides it; MX and NVFP4 fix their own blocks); symmetric / zero:
+    the integer form (IntQuant). Returns an object with `fake_quant(w)`, `error(w)`, `encode(w)`
+    → (codes, scale, zero), `decode(...)`, `bits` and `storage_bits(rows, cols)`.
+    `fp16`/`bf16`/`fp32` mean "kept in floating point" (returned as None: no quantization;
+    `scorer_for` gives their rounding error).
     """
-    if fmt in ("fp16", "fp32", "bf16"):
+    from .formats.spec import parse_format
+
+    info = parse_format(fmt)
+    if info.family == "float":
         return None
-    if fmt.startswith("int") and fmt[3:].isdigit():
-        return IntQuant(int(fmt[3:]), group_size, symmetric, zero)
-    raise bad("format", fmt, "known formats: int1..int16, fp16, fp32")
+    if info.family == "int":
+        return IntQuant(info.bits, info.block or group_size, symmetric, zero)
+    from .formats.minifloat import ELEMENTS
+
+    element = ELEMENTS[info.element]
+    if info.family == "fp":
+        from .formats.groupfloat import GroupFloat
+
+        return GroupFloat(element, info.block or group_size)
+    if info.family == "mx":
+        from .formats.mx import MXFloat
+
+        return MXFloat(element)
+    from .formats.nvfp4 import NVFP4
+
+    return NVFP4()
+
+
+def scorer_for(fmt, group_size: int | None = 128, symmetric: bool = False, zero: str = "int"):
+    """`quantizer_for`, except that kept floating-point formats get a KeepFloat (their fp16/bf16
+    rounding error, their storage), so estimators and cost models can treat every candidate alike."""
+    q = quantizer_for(fmt, group_size, symmetric, zero)
+    if q is None:
+        from .formats.keep import KeepFloat
+        from .formats.spec import parse_format
+
+        return KeepFloat(parse_format(fmt).name)
+    return q
+
+
+def format_family(fmt) -> str:
+    """`int`, `fp` (per-group minifloat), `mx` (OCP MX), `nvfp4` or `float` (kept unquantized):
+    what a cost model asks to decide whether a device has a kernel for a candidate."""
+    from .formats.spec import parse_format
+
+    return parse_format(fmt).family
+
+
+def format_info(fmt):
+    """FormatInfo (family, element bits, element, block, scale form) of a candidate format name."""
+    from .formats.spec import parse_format
+
+    return parse_format(fmt)

@@ -37,7 +37,7 @@ def render(allocs: list[Allocation], console=None, max_rows: int = 60) -> None:
     console = console or Console()
     for a in allocs:
         if a.bits:
-            grid = bit_grid(a.bits)
+            grid = bit_grid(_labels(a))
             if grid and len(grid[0]) <= max_rows:
                 rows, cols, cells = grid
                 t = Table(title=f"bits per layer (budget {_budget_text(a)})", show_edge=False, pad_edge=False)
@@ -50,7 +50,7 @@ def render(allocs: list[Allocation], console=None, max_rows: int = 60) -> None:
                 t = Table(title="bits per unit", show_edge=False)  # budgets: in the summary below
                 t.add_column("unit")
                 t.add_column("bits", justify="right")
-                items = list(a.bits.items())
+                items = list(_labels(a).items())
                 for name, b in items[:max_rows]:
                     t.add_row(name, _cell(b))
                 if len(items) > max_rows:
@@ -77,12 +77,25 @@ def summary_table(a: Allocation):
     if a.bound is not None:
         t.add_row("lower bound / gap", f"{a.bound:.6g}", f"{a.gap:.2e}")
     if a.bits:
-        counts: dict[int, int] = {}
-        for b in a.bits.values():
+        counts: dict = {}
+        for b in _labels(a).values():
             counts[b] = counts.get(b, 0) + 1
-        t.add_row("units per bit-width", ", ".join(f"{b}b:{n}" for b, n in sorted(counts.items())), "")
+        if a.formats:
+            t.add_row("units per format", ", ".join(f"{f}:{n}" for f, n in sorted(counts.items(), key=_order)), "")
+        else:
+            t.add_row("units per bit-width", ", ".join(f"{b}b:{n}" for b, n in sorted(counts.items())), "")
     t.add_row("wall time (s)", f"{a.wall_s:.3f}", "")
     return t
+
+
+def _labels(a: Allocation) -> dict:
+    """unit → its bits, or its format name (`int4`, `mxfp4`) when the allocation names formats."""
+    return {s: a.formats[s] for s in a.bits} if a.formats else a.bits
+
+
+def _order(item):
+    label = item[0]
+    return (0, label, "") if isinstance(label, int) else (1, 0, label)
 
 
 def _budget_text(a: Allocation) -> str:
@@ -93,6 +106,15 @@ _COLORS = {2: "red", 3: "yellow", 4: "green", 5: "cyan", 6: "blue", 8: "magenta"
 
 
 def _cell(b) -> str:
+    """A bit-width, or a format name (colored by its element bits)."""
     if b is None:
         return "-"
+    if isinstance(b, str):
+        from .errors import BitallocError
+        from .formats.spec import parse_format
+
+        try:
+            return f"[{_COLORS.get(parse_format(b).bits, 'white')}]{b}[/]"
+        except BitallocError:
+            return b
     return f"[{_COLORS.get(b, 'white')}]{b}[/]"

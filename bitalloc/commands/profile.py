@@ -12,8 +12,29 @@ def add_parser(sub) -> None:
     s.add_argument("--estimator", required=True, help="hessian, fisher, lrp, salience, measured, weight_error")
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="estimator option, e.g. probes=16, outlier_fraction=0.01, units=40 (measured)")
+    s.add_argument("--candidates", default=None, metavar="FMT,FMT,...",
+                   help="candidate formats instead of --bits, e.g. int4,int3,fp4_e2m1,mxfp4,nvfp4,int8 "
+                        "(int<b>[_g<N>], fp8_e4m3, fp8_e5m2, fp6_e2m3, fp6_e3m2, fp4_e2m1, mxfp4, mxfp6, mxfp8, nvfp4, fp16)")
     s.add_argument("--out", required=True, help="profile JSON to write (a .npz sidecar for large profiles)")
     s.set_defaults(func=run)
+
+
+def parse_candidates(text: str) -> tuple:
+    """`int4,fp4_e2m1,8` → candidate names (bare numbers stay bit-widths), checked before any work."""
+    from ..errors import BitallocError, bad
+    from ..formats.spec import parse_format
+
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise bad("--candidates", text, "must be comma-separated formats, e.g. int4,fp4_e2m1,mxfp4,nvfp4,int8")
+    cands = tuple(int(t) if t.isdigit() else t for t in items)
+    try:
+        names = [parse_format(c).name for c in cands]
+    except BitallocError as e:
+        raise BitallocError(f"--candidates: {e}") from None
+    if len(set(names)) != len(names):
+        raise bad("--candidates", text, "each candidate must appear once")
+    return cands
 
 
 def run(args) -> int:
@@ -22,6 +43,8 @@ def run(args) -> int:
     from ..sensitivity import ESTIMATORS
 
     bits = check_model_args(args)
+    if args.candidates is not None:
+        bits = parse_candidates(args.candidates)
     ESTIMATORS.get(args.estimator)
     check_writable(args.out, args.force)
     estimator = ESTIMATORS.create(args.estimator, bits=bits, granularity=args.granularity,

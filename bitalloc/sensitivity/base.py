@@ -18,33 +18,47 @@ import numpy as np
 
 from ..errors import bad
 from ..profile import Profile
-from ..quant import IntQuant
+from ..quant import scorer_for
 from ..units import GRANULARITIES, Unit
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
 
 class Estimator(ABC):
-    """bits: candidate bit-widths; granularity: layer | group | channel; group_size: input
-    columns per quantization group (and per unit at group granularity); symmetric / zero: the
-    integer quantizer (bitalloc/quant.py) whose error is scored. Subclasses set `name` and
-    `passes` and implement `estimate(task, progress=None) -> Profile`."""
+    """bits: the candidates, each a bit-width (its default format: `int{b}`, 16 = fp16) or a
+    format name (`int4`, `fp4_e2m1`, `mxfp4`, `nvfp4`, ...; bitalloc/formats/spec.py);
+    granularity: layer | group | channel; group_size: input columns per quantization group (and
+    per unit at group granularity); symmetric / zero: the integer quantizer's form. Every candidate
+    is scored with its own quantizer (`quant.scorer_for`). Subclasses set `name` and `passes` and
+    implement `estimate(task, progress=None) -> Profile`."""
 
     name = "estimator"
     passes = ""
 
     def __init__(self, bits=DEFAULT_BITS, granularity: str = "layer", group_size: int = 128,
                  symmetric: bool = False, zero: str = "int"):
-        bits = tuple(bits)
-        if not bits or any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16 for b in bits):
-            raise bad("bits", list(bits), "must be integer bit-widths from 1 to 16")
+        from ..formats.spec import parse_format
+
+        cands = tuple(bits)
+        if not cands or any(isinstance(b, bool) or not isinstance(b, (int, str)) or isinstance(b, int)
+                            and not 1 <= b <= 16 for b in cands):
+            raise bad("bits", list(cands), "must be bit-widths from 1 to 16 or format names such as int4, mxfp4")
+        infos = [parse_format(b) for b in cands]
+        if len({i.name for i in infos}) != len(infos):
+            raise bad("bits", list(cands), "each candidate must appear once")
         if granularity not in GRANULARITIES:
             raise bad("granularity", granularity, f"allowed: {', '.join(GRANULARITIES)}")
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
             raise bad("group_size", group_size, "must be a positive integer")
-        self.bits, self.granularity, self.group_size = bits, granularity, group_size
-        self.quants = [IntQuant(b, group_size, symmetric, zero) for b in bits]
+        self.bits = tuple(i.bits for i in infos)
+        self.formats = tuple(i.name for i in infos)
+        self.granularity, self.group_size = granularity, group_size
+        self.symmetric, self.zero = symmetric, zero
+        self.quants = [scorer_for(f, group_size, symmetric, zero) for f in self.formats]
         self.quantizer = f"int {'sym' if symmetric else 'asym'} group-{group_size} RTN, {zero} zero-point"
+        if any(i.family != "int" for i in infos):
+            self.quantizer += "; other formats: " + ", ".join(f"{i.name} ({i.scale or 'kept'})"
+                                                               for i in infos if i.family != "int")
 
     @abstractmethod
     def estimate(self, task, progress=None) -> Profile:
@@ -60,12 +74,12 @@ class Estimator(ABC):
     def profile(self, task, units: list[Unit], S: np.ndarray, t0: float, **meta) -> Profile:
         """Wrap scores in a Profile with the settings, the cost and the task's provenance."""
         info = {"estimator": self.name, "granularity": self.granularity, "group_size": self.group_size,
-                "quantizer": self.quantizer, "passes": self.passes,
+                "symmetric": self.symmetric, "zero": self.zero, "quantizer": self.quantizer, "passes": self.passes,
                 "seconds": round(time.perf_counter() - t0, 3), **task.meta, **meta}
         from .. import __version__
 
         info["bitalloc_version"] = __version__
-        return Profile(units, list(self.bits), S, meta=info)
+        return Profile(units, list(self.bits), S, formats=list(self.formats), meta=info)
 
 
 @contextlib.contextmanager
@@ -102,7 +116,7 @@ def layer_weight(module) -> np.ndarray:
     return w.reshape(w.shape[0], -1)
 
 
-def weighted_error(task, units: list[Unit], quants: list[IntQuant],
+def weighted_error(task, units: list[Unit], quants: list,
                    weight_of: Callable[[str, np.ndarray], np.ndarray | float]) -> np.ndarray:
     """S: (N, K) Σ_{i in unit} c_i (Q_k(w_i) − w_i)².
 

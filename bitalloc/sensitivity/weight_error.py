@@ -38,6 +38,8 @@ class WeightErrorEstimator(Estimator):
             if progress is not None:
                 progress(name)
         info = {"estimator": self.name, "granularity": "layer", "group_size": self.group_size,
-                "quantizer": self.quantizer, "score": "sum of squared weight quantization error ||Q_b(W) - W||^2",
+                "symmetric": self.symmetric, "zero": self.zero, "quantizer": self.quantizer,
+                "score": "sum of squared weight quantization error ||Q_b(W) - W||^2",
                 "passes": self.passes, "seconds": round(time.perf_counter() - t0, 3), "bitalloc_version": __version__}
-        return Profile(units, list(self.bits), np.array(rows), meta={**info, **(meta or {})})
+        return Profile(units, list(self.bits), np.array(rows), formats=list(self.formats),
+                       meta={**info, **(meta or {})})
