@@ -17,6 +17,8 @@ COMMANDS = (
     "solve",
     "profile",
     "scorecard",
+    "apply",
+    "verify",
 )
 
 
