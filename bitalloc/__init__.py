@@ -9,14 +9,18 @@ Heavy dependencies (torch, solvers' libraries) are imported only when used.
 from __future__ import annotations
 
 from .allocation import Allocation
+from .apply import QuantizedModel, apply  # the function shadows the module name, as intended
 from .errors import BitallocError
 from .problem import Constraint, Problem, tie_groups
 from .profile import Profile
 from .units import Unit
+from .verify import verify
+from .pack import read as load_packed
 
 __version__ = "0.1.0"
 __all__ = ["Allocation", "BitallocError", "Constraint", "Problem", "Profile", "Unit", "solve",
-           "solve_budgets", "load_default_profile", "tie_groups", "__version__"]
+           "solve_budgets", "load_default_profile", "tie_groups", "__version__",
+           "apply", "verify", "load_packed", "QuantizedModel"]
 
 
 def solve(problem_or_profile, budget: float | None = None, solver: str = "ilp", **options) -> Allocation:

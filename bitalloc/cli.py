@@ -21,6 +21,8 @@ COMMANDS = (
     "measure",
     "pareto",
     "report",
+    "apply",
+    "verify",
 )
 
 
