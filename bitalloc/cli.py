@@ -17,6 +17,7 @@ COMMANDS = (
     "solve",
     "profile",
     "scorecard",
+    "export",
 )
 
 
