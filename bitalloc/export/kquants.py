@@ -39,29 +39,37 @@ def encode(w: np.ndarray, qtype: str) -> np.ndarray:
 
 
 # ---- scale fits, one row of `x` per sub-block -------------------------------------------------
+def _rowdot(a, b):
+    """Σ_j a[i, j]·b[i, j] for every row i."""
+    return np.einsum("ij,ij->i", a, b)
+
+
 def _affine_fit(x, w, nmax, rmin, rdelta, nstep, mad):
     """Best (scale, min) with x ≈ scale·L − min, L in 0..nmax, min ≥ 0, by weighted least squares
-    over candidate inverse scales (rmin + rdelta·i + nmax)/(max − min), i = 0..nstep.
-    x, w: (B, n) → scale (B,), min (B,) (both ≥ 0)."""
+    over candidate inverse scales (rmin + rdelta·i + nmax)/(max − min), i = 0..nstep; the error
+    is Σ w·|d| when `mad`, else Σ w·d². x, w: (B, n) → scale (B,), min (B,) (both ≥ 0)."""
     lo = np.minimum(x.min(1), 0)
     hi = x.max(1)
     flat = hi <= lo
-    sum_w = w.sum(1)
-    sum_x = (w * x).sum(1)
+    wx = w * x
+    sum_w, sum_x, sum_x2 = w.sum(1), wx.sum(1), _rowdot(wx, x)
 
-    def err(scale, mn, L):
-        d = scale[:, None] * L + mn[:, None] - x
-        return (w * (np.abs(d) if mad else d * d)).sum(1)
+    def err(scale, mn, L, sl, sl2, sxl):
+        if mad:
+            return _rowdot(w, np.abs(scale[:, None] * L + (mn[:, None] - x)))
+        # Σ w (sL + m − x)², expanded so that no (B, n) temporary is needed
+        return (scale * scale * sl2 + 2 * scale * mn * sl - 2 * scale * sxl + mn * mn * sum_w
+                - 2 * mn * sum_x + sum_x2)
 
     span = np.where(flat, 1, hi - lo)
     L = np.clip(np.rint((nmax / span)[:, None] * (x - lo[:, None])), 0, nmax)
     scale = span / nmax
     mn = lo.copy()
-    best = err(scale, mn, L)
+    best = err(scale, mn, L, _rowdot(w, L), _rowdot(w, L * L), _rowdot(wx, L))
     for i in range(nstep + 1):
         iscale = (rmin + rdelta * i + nmax) / np.where(hi > mn, hi - mn, 1)
         La = np.clip(np.rint(iscale[:, None] * (x - mn[:, None])), 0, nmax)
-        sl, sl2, sxl = (w * La).sum(1), (w * La * La).sum(1), (w * La * x).sum(1)
+        sl, sl2, sxl = _rowdot(w, La), _rowdot(w * La, La), _rowdot(wx, La)
         D = sum_w * sl2 - sl * sl
         ok = D > 0
         Ds = np.where(ok, D, 1)
@@ -70,7 +78,7 @@ def _affine_fit(x, w, nmax, rmin, rdelta, nstep, mad):
         pos = tm > 0  # the minimum may not be above zero: refit the scale alone
         tm = np.where(pos, 0, tm)
         ts = np.where(pos, sxl / np.where(sl2 > 0, sl2, 1), ts)
-        cur = err(ts, tm, La)
+        cur = err(ts, tm, La, sl, sl2, sxl)
         better = ok & (cur < best)
         best = np.where(better, cur, best)
         scale = np.where(better, ts, scale)
@@ -87,11 +95,12 @@ def _symmetric_fit(x, nmax):
     zero = np.abs(mx) < 1e-15
     mx = np.where(zero, 1, mx)
     w = x * x
+    wx = w * x
     best_scale = np.zeros(len(x), np.float32)
     best = np.zeros(len(x))
     for i in (0, *range(-9, 0), *range(1, 10)):  # the plain max-based scale first, as ggml does
         L = np.clip(np.rint((-(nmax + 0.1 * i) / mx)[:, None] * x), -nmax, nmax - 1)
-        slx, sl2 = (w * x * L).sum(1), (w * L * L).sum(1)
+        slx, sl2 = _rowdot(wx, L), _rowdot(w * L, L)
         ok = sl2 > 0
         s = slx / np.where(ok, sl2, 1)
         better = ok & ((slx * s > best) | (i == 0))  # squared error falls as slx²/sl2 grows
