@@ -311,6 +311,11 @@ def test_json_map_and_registry(alloc, tmp_path):
         export(alloc, "onnx", tmp_path / "m.onnx")
     with pytest.raises(BitallocError, match="file exists"):
         export(alloc, "json", tmp_path / "m.json")
+    from bitalloc import Allocation
+
+    fp4 = Allocation(bits={"a.b": 4}, status="optimal", solver="ilp", formats={"a.b": "fp4_e2m1"})
+    with pytest.raises(BitallocError, match="integer bit-widths"):
+        export(fp4, "json", tmp_path / "f.json")
 
 
 def test_cli_export(alloc, source, tmp_path, capsys):

@@ -23,9 +23,17 @@ class ExportResult:
 
 
 class Exporter(ABC):
-    """Base class. `write(allocation, out)` validates, renders and writes atomically."""
+    """Base class: `write(allocation, out, force)` → ExportResult, never leaving a partial file."""
 
     name = "exporter"
+
+    @abstractmethod
+    def write(self, allocation, out, force: bool = False) -> ExportResult:
+        """Validate `allocation` (see layer_bits), then write `out` atomically."""
+
+
+class TextExporter(Exporter):
+    """A format small enough to build in memory: subclasses implement `render`."""
 
     def write(self, allocation, out, force: bool = False) -> ExportResult:
         from ..fileio import atomic_write, check_writable
@@ -49,6 +57,10 @@ def layer_bits(allocation) -> dict[str, int]:
     if isinstance(allocation, Allocation):
         if not allocation.ok:
             raise bad("allocation status", allocation.status, "has no solution to export")
+        odd = {n: f for n, f in (allocation.formats or {}).items() if not (f.startswith("int") or f.startswith("fp16"))}
+        if odd:
+            name = next(iter(odd))
+            raise bad(f"allocation format of {name!r}", odd[name], "export formats take integer bit-widths (int2..int8, fp16)")
         bits = dict(allocation.bits)
     elif isinstance(allocation, dict):
         bits = dict(allocation)

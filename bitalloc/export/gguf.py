@@ -35,9 +35,6 @@ class GgufExport(Exporter):
         self.model, self.source, self.progress = model, source, progress
         self.table = type_table(parse_type_map(type_map) if isinstance(type_map, str) else type_map)
 
-    def render(self, bits):  # the GGUF is streamed to disk in write(), never held in memory
-        raise NotImplementedError("GgufExport writes with write()")
-
     def plan(self, bits: dict[str, int], reader) -> tuple[dict[str, str], list[str]]:
         """GGUF tensor name → target type for every allocated unit, and notes on fallbacks."""
         names = gguf_names(bits, "gguf")

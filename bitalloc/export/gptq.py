@@ -19,7 +19,7 @@ from collections import Counter
 from ..errors import bad
 from ..fileio import dumps
 from . import register
-from .base import Exporter, fit_bits
+from .base import TextExporter, fit_bits
 from .names import check_model
 
 BITS = (2, 3, 4, 8)
@@ -37,7 +37,7 @@ def fused_group(name: str) -> tuple[str, tuple[str, ...]] | None:
 
 
 @register("gptq")
-class GptqDynamic(Exporter):
+class GptqDynamic(TextExporter):
     """group_size: columns per scale (−1 = per row); sym / desc_act: GPTQ settings for every
     module; round_up: widths GPTQ lacks (5, 6, 7) go to the next one up instead of an error;
     fused: require | max | split (see module doc); model: optional check of the unit names."""

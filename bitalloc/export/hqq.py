@@ -17,7 +17,7 @@ from __future__ import annotations
 from ..errors import bad
 from ..fileio import dumps
 from . import register
-from .base import Exporter, fit_bits
+from .base import TextExporter, fit_bits
 from .names import check_model
 
 BITS = (1, 2, 3, 4, 8)
@@ -29,7 +29,7 @@ def linear_tag(name: str) -> str:
     return ".".join(p for p in name.split(".") if p not in ("model", "layers") and not p.isnumeric())
 
 
-class _Hqq(Exporter):
+class _Hqq(TextExporter):
     def __init__(self, group_size: int = 64, round_up: bool = False, model: str | None = None):
         if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 8 or group_size % 8:
             raise bad("group_size", group_size, "HQQ takes a positive multiple of 8")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from ..fileio import dumps
 from . import register
-from .base import Exporter
+from .base import TextExporter
 from .names import check_model
 
 
 @register("json")
-class JsonMap(Exporter):
+class JsonMap(TextExporter):
     """model: optional model name (smollm2, minilm, digits-cnn) whose modules the names must be."""
 
     def __init__(self, model: str | None = None):

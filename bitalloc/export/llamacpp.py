@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 
 from . import register
-from .base import Exporter
+from .base import TextExporter
 from .ggml_types import choose, llama_name, parse_type_map, type_table
 from .names import gguf_names, gguf_row_lengths, source_gguf
 
 
 @register("llama.cpp")
-class LlamaCppTypes(Exporter):
+class LlamaCppTypes(TextExporter):
     """model / source: where tensor shapes come from (optional); type_map: bits → GGML type
     overrides, a dict or `4=Q4_1,...`."""
 
