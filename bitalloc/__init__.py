@@ -3,6 +3,7 @@
     profile = bitalloc.Profile.load("p.json")            # or bitalloc.profile(model, calib, ...)
     alloc = bitalloc.solve(profile, budget=3.25)          # exact ILP by default
     alloc.save("a.json")
+    bitalloc.export.export(alloc, "gguf", "q.gguf")     # after `import bitalloc.export`; formats in bitalloc/export/
 
 Heavy dependencies (torch, solvers' libraries) are imported only when used.
 """

@@ -23,6 +23,7 @@ COMMANDS = (
     "report",
     "apply",
     "verify",
+    "export",
 )
 
 

@@ -1,0 +1,19 @@
+"""`json`: a plain {unit name: bits} map, keys in the allocation's order."""
+from __future__ import annotations
+
+from ..fileio import dumps
+from . import register
+from .base import TextExporter
+from .names import check_model
+
+
+@register("json")
+class JsonMap(TextExporter):
+    """model: optional model name (smollm2, minilm, digits-cnn) whose modules the names must be."""
+
+    def __init__(self, model: str | None = None):
+        self.model = model
+
+    def render(self, bits):
+        check_model(bits, self.model)
+        return dumps(bits), [], {}
