@@ -1,7 +1,8 @@
 """Hardware cost models, one per file, found by name (`get_cost_model("memory")`)."""
 from ..registry import Registry
 
-COST_MODELS = Registry("cost model", {"memory": "bitalloc.hwcost.memory"})
+COST_MODELS = Registry("cost model", {"memory": "bitalloc.hwcost.memory",
+                                    "kv_memory": "bitalloc.hwcost.kv_memory"})
 register = COST_MODELS.register
 
 
