@@ -192,9 +192,17 @@ def test_kv_estimator_scores_loss_and_attention_error(task, kv_profile):
     # the loss increase recomputed directly for one cell
     with kv_quantized(task.model, {p.names[2]: 2}):
         assert task.mean_loss() - p.meta["base_loss"] == pytest.approx(p.sensitivity[2, 0], rel=1e-6, abs=1e-9)
+    # replaying the blocks before the cache's layer is exact
+    full = get_estimator("kv", bits=(2, 4, 8), reuse_prefix=False).estimate(task)
+    assert np.allclose(full.sensitivity, p.sensitivity, rtol=1e-5, atol=1e-9)
+    assert np.allclose(full.extra["attention_error"], A, rtol=1e-6)
     # score=attention stops each pass after the layer and gives the same attention errors
     pa = get_estimator("kv", bits=(2, 4, 8), score="attention", units="*.1.*").estimate(task)
     assert pa.names == p.names[2:] and np.allclose(pa.sensitivity, A[2:], rtol=1e-9)
+    # an fp16 cache is a candidate too (no scales: 16 bits per element)
+    pf = get_estimator("kv", bits=(2, 16), units="*.0.self_attn.k_cache").estimate(task)
+    assert pf.formats == ["int2", "fp16"] and pf.sensitivity[0, 1] < 1e-3 * pf.sensitivity[0, 0]
+    assert KVMemoryCost().costs(pf)[0].tolist() == [(2 * E + E) / 8, 16 * E / 8]
     with pytest.raises(BitallocError, match="granularity"):
         get_estimator("kv", granularity="group")
 
