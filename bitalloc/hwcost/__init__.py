@@ -5,7 +5,8 @@ COST_MODELS = Registry("cost model", {"memory": "bitalloc.hwcost.memory",
                                       "latency": "bitalloc.hwcost.latency",
                                       "measured": "bitalloc.hwcost.latency",
                                       "mcu": "bitalloc.hwcost.mcu",
-                                      "fpga": "bitalloc.hwcost.fpga"})
+                                      "fpga": "bitalloc.hwcost.fpga",
+                                      "kv_memory": "bitalloc.hwcost.kv_memory"})
 register = COST_MODELS.register
 
 

@@ -2,7 +2,7 @@
 from ..registry import Registry
 
 ESTIMATORS = Registry("estimator", {name: f"bitalloc.sensitivity.{name}" for name in
-                                    ("weight_error", "hessian", "fisher", "lrp", "salience", "measured")})
+                                    ("weight_error", "hessian", "fisher", "lrp", "salience", "measured", "kv")})
 register = ESTIMATORS.register
 
 
