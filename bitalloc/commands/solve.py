@@ -13,7 +13,9 @@ def add_parser(sub) -> None:
     s = sub.add_parser("solve", help="solve a profile under budgets")
     s.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
     s.add_argument("--budget", required=True, help="average bits per weight; several: 2.5,3,3.25,4")
-    s.add_argument("--solver", default="ilp", help="ilp (exact, default) or greedy")
+    s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy or dmmv (min-max)")
+    s.add_argument("--objective", default=None,
+                   help="sum (total expected loss; default) or max (worst unit's loss; default for dmmv)")
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
     s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
     s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
@@ -80,8 +82,9 @@ def run(args) -> int:
 
         profile = Profile.load(default_profile_path())
     ties = [g for spec in args.tie for g in tie_groups(profile.names, _tie_tokens(spec))]
+    objective = args.objective or ("max" if args.solver == "dmmv" else "sum")
     problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, pins=_pins(args.pin),
-                                   ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)
+                                   ties=ties, min_bits=args.min_bits, max_bits=args.max_bits, objective=objective)
     allocs = solver.solve_budgets(problem, budgets)
     for a, b in zip(allocs, budgets):
         if a.status == "infeasible":

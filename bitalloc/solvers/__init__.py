@@ -1,7 +1,8 @@
 """Solvers, one per file, found by name (`get_solver("ilp", backend="highs")`)."""
 from ..registry import Registry
 
-SOLVERS = Registry("solver", {"ilp": "bitalloc.solvers.ilp", "greedy": "bitalloc.solvers.greedy"})
+SOLVERS = Registry("solver", {"ilp": "bitalloc.solvers.ilp", "greedy": "bitalloc.solvers.greedy",
+                                "dmmv": "bitalloc.solvers.dmmv"})
 register = SOLVERS.register
 
 

@@ -20,13 +20,21 @@ class PulpBackend(Backend):
             xs = [prob.add_variable(f"x{j}", 0, 1, cat="Binary") for j in range(len(m.row))]
         else:
             xs = [pulp.LpVariable(f"x{j}", 0, 1, cat="Binary") for j in range(len(m.row))]
-        prob += pulp.LpAffineExpression(zip(xs, m.cost.tolist()))
         order = np.argsort(m.row, kind="stable")
         bounds = np.searchsorted(m.row[order], np.arange(m.M + 1))
+        if m.smax is None:
+            prob += pulp.LpAffineExpression(zip(xs, m.cost.tolist()))
+        else:  # min-max: minimize t >= each row's chosen scaled score
+            t = prob.add_variable("t", 0, 1) if hasattr(prob, "add_variable") else pulp.LpVariable("t", 0, 1)
+            prob += pulp.LpAffineExpression([(t, 1)])
+            for r in range(m.M):
+                js = order[bounds[r]:bounds[r + 1]].tolist()
+                prob += pulp.LpAffineExpression([(xs[j], float(m.smax[j])) for j in js] + [(t, -1)]) <= 0, f"max{r}"
+            xs = xs + [t]  # the hint below sets t too
         for r in range(m.M):
             prob += pulp.LpAffineExpression((xs[j], 1) for j in order[bounds[r]:bounds[r + 1]].tolist()) == 1, f"one{r}"
         for i, (a, cap) in enumerate(zip(m.A, m.caps)):
-            prob += pulp.LpAffineExpression(zip(xs, a.tolist())) <= float(cap), f"cap{i}"
+            prob += pulp.LpAffineExpression(zip(xs[:len(m.row)], a.tolist())) <= float(cap), f"cap{i}"
         if hint is not None:
             for x, v in zip(xs, m.x_of(hint).tolist()):
                 x.setInitialValue(v)
