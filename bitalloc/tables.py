@@ -73,7 +73,8 @@ def summary_table(a: Allocation):
     for res, m in a.min_budgets.items():
         t.add_row(f"{res} (smallest feasible)", f"{m:.4f}", f"{a.budgets.get(res, float('nan')):.4f}", "")
     if a.objective is not None:
-        t.add_row("objective (expected loss increase)", f"{a.objective:.6g}", "")
+        kind = "worst unit's expected loss increase" if a.meta.get("objective") == "max" else "expected loss increase"
+        t.add_row(f"objective ({kind})", f"{a.objective:.6g}", "")
     if a.bound is not None:
         t.add_row("lower bound / gap", f"{a.bound:.6g}", f"{a.gap:.2e}")
     if a.bits:

@@ -25,7 +25,9 @@ def add_parser(sub) -> None:
                         "analytic model scaled by a fitted factor; sets --device")
     s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
                    help="cost-model option, e.g. reuse_factor=4 (fpga)")
-    s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy or optuna")
+    s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy, dmmv (min-max) or optuna")
+    s.add_argument("--objective", default=None,
+                   help="sum (total expected loss; default) or max (worst unit's loss; default for dmmv)")
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
     s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
     s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
@@ -105,7 +107,8 @@ def run(args) -> int:
 
         profile = Profile.load(default_profile_path())
     ties = [g for spec in args.tie for g in tie_groups(profile.names, _tie_tokens(spec))]
-    kw = dict(pins=_pins(args.pin), ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)
+    objective = args.objective or ("max" if args.solver == "dmmv" else "sum")
+    kw = dict(pins=_pins(args.pin), ties=ties, min_bits=args.min_bits, max_bits=args.max_bits, objective=objective)
     if args.budget is not None:
         problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, **kw)
         problem = replace(problem, constraints=[*problem.constraints, *constraints])

@@ -2,7 +2,8 @@
 from ..registry import Registry
 
 SOLVERS = Registry("solver", {"ilp": "bitalloc.solvers.ilp", "greedy": "bitalloc.solvers.greedy",
-                                 "optuna": "bitalloc.solvers.optuna_search"})
+                                 "optuna": "bitalloc.solvers.optuna_search",
+                                 "dmmv": "bitalloc.solvers.dmmv"})
 register = SOLVERS.register
 
 

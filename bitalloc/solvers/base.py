@@ -60,8 +60,10 @@ class Solver(ABC):
             t0 = time.perf_counter()
             c = comp.with_caps([k.budget * k.cost.scale(prob.profile) for k in prob.constraints])
             res = self._infeasible(c) or self._solve(c, warm)
-            if res.choice is not None and not c.feasible(res.choice):
+            if res.choice is not None and res.status != "infeasible" and not c.feasible(res.choice):
                 res = repaired(c, res, self.time_limit)
+            if problem.objective != "sum":
+                res.info = {**res.info, "objective": problem.objective}
             out.append(build_allocation(prob, c, res, self.name, time.perf_counter() - t0 + compile_s))
             compile_s = 0.0
             warm = res if res.choice is not None else warm
@@ -145,6 +147,7 @@ def build_allocation(problem: Problem, comp: Compiled, res: Result, solver: str,
                                        for c, m in zip(problem.constraints, mins)})
     choice = res.choice[comp.group]
     objective = comp.objective_value(res.choice)
+    mins = comp.min_totals() if res.status == "infeasible" else []  # an infeasible answer with bits: least violation
     gap = None
     if res.bound is not None:
         bound = min(res.bound, objective)
@@ -162,4 +165,5 @@ def build_allocation(problem: Problem, comp: Compiled, res: Result, solver: str,
                    for c, t in zip(problem.constraints, comp.totals(res.choice))})
     return Allocation(bits, status, solver, objective=objective, bound=bound, gap=gap,
                       avg_bits=totals["avg_bits"], avg_bits_with_overhead=totals["avg_bits_with_overhead"],
-                      totals=totals, budgets=budgets, formats=formats, wall_s=wall, meta=res.info)
+                      totals=totals, budgets=budgets, formats=formats, wall_s=wall, meta=res.info,
+                      min_budgets={c.cost.resource: float(m / c.cost.scale(p)) for c, m in zip(problem.constraints, mins)})

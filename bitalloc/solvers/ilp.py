@@ -29,6 +29,7 @@ from .milp import Milp, lp_bound
 @register("ilp")
 class IlpSolver(Solver):
     non_additive = True
+    objectives = ("sum", "max")
 
     def __init__(self, backend: str = "highs", time_limit: float | None = None, gap: float = 1e-9):
         super().__init__(time_limit)
@@ -40,7 +41,10 @@ class IlpSolver(Solver):
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
         hint, lp, full, extra = None, None, comp, {}
-        if len(comp.rows) == 1 and comp.additive:
+        if comp.objective == "max":
+            if comp.additive:  # the min-max start needs sums; rows of a max are solved without one
+                hint, lp, comp = _minmax_start(comp, warm)
+        elif len(comp.rows) == 1 and comp.additive:
             g = lp_greedy(comp.S, comp.C[0], comp.caps[0], frontier(comp.S, comp.C[0]))
             hint, lp = fill(comp.S, comp.C[0], comp.caps[0], g.choice), g.bound
             comp = fix_by_reduced_cost(comp, g.dual, lp, comp.objective_value(hint))
@@ -55,7 +59,7 @@ class IlpSolver(Solver):
                 hint = warm.choice
             if hint is not None:
                 comp = fix_cells(comp, lg.lam, comp.objective_value(hint))
-        m = Milp.build(comp)
+        m = Milp.build(comp, lp if comp.objective == "max" else None)
         r = self.backend.solve(m, self.time_limit, self.gap, hint)
         info = {"backend": self.backend_name, "cells": int(np.isfinite(comp.S).sum()),
                 "cells_before_fixing": int(np.isfinite(full.S).sum()), "rows": m.n_rows, **extra, **r.info}
@@ -90,3 +94,23 @@ def fix_by_reduced_cost(comp: Compiled, dual: float, lower: float, upper: float)
     slack = (upper - lower) + 1e-9 * max(abs(upper), 1e-300)
     keep = np.isfinite(S) & (red <= slack)
     return replace(comp, S=np.where(keep, S, np.inf))
+
+
+def _minmax_start(comp: Compiled, warm: Result | None):
+    """(hint, bound, reduced problem) for the max objective: the threshold bisection's allocation
+    (optimal with one budget; with several, the surrogate threshold search of `minmax.py`) as the
+    start, its certified bound, and the cells with a loss above the start's worst loss dropped (exact: they
+    are in no allocation at least as good as the start)."""
+    from .minmax import bisect, normalized, threshold_search
+
+    if len(comp.C) == 1:
+        t = bisect(comp.S, comp.C[0], comp.caps[0])
+        hint, bound = (t.choice, t.tau) if t is not None else (None, None)
+    else:
+        start = warm.choice if warm is not None and warm.choice is not None else None
+        r = threshold_search(comp, normalized(comp), start)
+        hint, bound = r.choice, r.bound
+    if hint is not None:
+        top = comp.objective_value(hint)
+        comp = replace(comp, S=np.where(comp.S <= top, comp.S, np.inf))
+    return hint, bound, comp

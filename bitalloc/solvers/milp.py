@@ -5,6 +5,11 @@ linear row r of every constraint (one for a sum, one per liveness point for a ma
 Σ_j a_rj x_j <= cap_r, stored sparse (a row over a subset of units holds only their cells). For
 numerical range the objective has each unit's minimum subtracted (a constant) and is divided by
 its largest entry; each constraint row is divided by its largest coefficient.
+
+Objective `max` (min-max): one more column t (the last), minimized, and one more row per unit,
+Σ_k s_mk x_mk − t ≤ 0 (tighter in the LP than one row per cell, s_mk x_mk ≤ t). For numerical
+range s is the score minus a lower bound of t (the largest unit minimum, or a certified bound
+given to `build`; so t ≥ 0, and scores below it become 0) over its largest entry.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ class Milp:
     unit_start[m]:unit_start[m+1]); cost: (J,) scaled objective; constraint rows in CSR form:
     a_ptr (R+1,), a_col (nnz,) variable, a_val (nnz,) scaled coefficient, raw_val unscaled;
     caps / raw_caps: (R,) scaled / unscaled caps; row_scale: (R,) raw = scaled · row_scale;
-    cons: (R,) constraint index of each row; true objective = scaled · obj_scale + offset."""
+    cons: (R,) constraint index of each row; true objective = scaled · obj_scale + offset.
+    smax: (J,) scaled scores for the max objective (then column J is t, cost holds zeros), else None."""
 
     row: np.ndarray
     cand: np.ndarray
@@ -40,16 +46,23 @@ class Milp:
     M: int
     K: int
     info: dict = field(default_factory=dict)
+    smax: np.ndarray | None = None
 
     @classmethod
-    def build(cls, comp: Compiled) -> "Milp":
+    def build(cls, comp: Compiled, floor: float | None = None) -> "Milp":
+        """floor: a certified lower bound of the max objective (ignored for `sum`)."""
         S = comp.S
         M, K = S.shape
         ok = np.isfinite(S)
         row, cand = np.nonzero(ok)  # row-major: sorted by unit
         unit_start = np.searchsorted(row, np.arange(M + 1)).astype(np.int64)
         rmin = np.where(ok, S, np.inf).min(1)
-        cost = S[row, cand] - rmin[row]
+        if comp.objective == "max":
+            offset = max(float(rmin.max()) if M else 0.0, floor if floor is not None and np.isfinite(floor) else -np.inf)
+            cost = np.maximum(S[row, cand] - offset, 0.0)
+        else:
+            offset = float(rmin.sum())
+            cost = S[row, cand] - rmin[row]
         scale = float(cost.max()) if len(cost) and cost.max() > 0 else 1.0
         cols, vals, caps, cons = [], [], [], []
         for i, r in comp.flat():
@@ -65,9 +78,23 @@ class Milp:
         rs = np.array([max(float(np.abs(v).max()), 1e-300) if len(v) else 1.0 for v in vals])
         per = np.repeat(rs, np.diff(ptr)) if len(rs) else np.zeros(0)
         raw_caps = np.asarray(caps, dtype=np.float64)
-        return cls(row, cand, unit_start, cost / scale, ptr, a_col, raw / per if len(raw) else raw, raw,
-                   raw_caps / rs if len(rs) else raw_caps, raw_caps, rs, np.asarray(cons, np.int64),
-                   float(rmin.sum()), scale, M, K)
+        mx = comp.objective == "max"
+        return cls(row, cand, unit_start, np.zeros(len(row)) if mx else cost / scale, ptr, a_col,
+                   raw / per if len(raw) else raw, raw, raw_caps / rs if len(rs) else raw_caps, raw_caps, rs,
+                   np.asarray(cons, np.int64), offset, scale, M, K, smax=cost / scale if mx else None)
+
+    @property
+    def n_col(self) -> int:
+        """Columns: one binary per cell, plus t for the max objective (the last column)."""
+        return len(self.row) + (self.smax is not None)
+
+    def col_cost(self) -> np.ndarray:
+        return self.cost if self.smax is None else np.append(self.cost, 1.0)
+
+    def t_of(self, choice: np.ndarray) -> float:
+        """Scaled max objective of a full choice (M,)."""
+        x = self.cand == choice[self.row]
+        return float(self.smax[x].max()) if x.any() else 0.0
 
     @property
     def n_rows(self) -> int:
@@ -79,12 +106,13 @@ class Milp:
         return self.a_col[s], self.a_val[s], self.raw_val[s]
 
     def x_of(self, choice: np.ndarray) -> np.ndarray:
-        """0/1 vector of a full choice (M,)."""
-        return (self.cand == choice[self.row]).astype(np.float64)
+        """Column vector of a full choice (M,): 0/1 per cell, then t for the max objective."""
+        x = (self.cand == choice[self.row]).astype(np.float64)
+        return x if self.smax is None else np.append(x, self.t_of(choice))
 
     def choice_of(self, x) -> np.ndarray:
         """(M,) candidate per row from a (possibly slightly fractional) solution vector."""
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float64)[:len(self.row)]
         best = np.full(self.M, -1.0)
         choice = np.zeros(self.M, np.int64)
         np.maximum.at(best, self.row, x)
@@ -96,12 +124,28 @@ class Milp:
         return float(scaled) * self.obj_scale + self.offset
 
     def rowwise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Row-wise matrix of all rows (M assignment rows, then the constraint rows)."""
+        """Row-wise matrix of all rows (M assignment rows, the constraint rows, then for the max
+        objective the M rows Σ_k s_mk x_mk − t ≤ 0)."""
         J = len(self.row)
-        start = np.concatenate([self.unit_start, J + self.a_ptr[1:]]).astype(np.int32)
-        index = np.concatenate([np.arange(J), self.a_col]).astype(np.int32)
-        value = np.concatenate([np.ones(J), self.a_val])
-        return start, index, value
+        start = [self.unit_start, J + self.a_ptr[1:]]
+        index = [np.arange(J), self.a_col]
+        value = [np.ones(J), self.a_val]
+        if self.smax is not None:
+            nnz = J + len(self.a_col)
+            start.append(nnz + self.unit_start[1:] + np.arange(1, self.M + 1))
+            index.append(np.insert(np.arange(J), self.unit_start[1:], J))  # each unit's cells, then t
+            value.append(np.insert(self.smax, self.unit_start[1:], -1.0))
+        return (np.concatenate(start).astype(np.int32), np.concatenate(index).astype(np.int32),
+                np.concatenate(value))
+
+    def row_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) of every row of `rowwise` (−inf as -np.inf)."""
+        R = self.n_rows
+        lower = np.concatenate([np.ones(self.M), np.full(R, -np.inf)])
+        upper = np.concatenate([np.ones(self.M), self.caps])
+        if self.smax is not None:
+            lower, upper = np.append(lower, np.full(self.M, -np.inf)), np.append(upper, np.zeros(self.M))
+        return lower, upper
 
 
 def _row_cells(r: Row, row: np.ndarray, cand: np.ndarray, unit_start: np.ndarray):

@@ -31,10 +31,18 @@ class CpSatBackend(Backend):
             cols, _, a = m.constraint(i)
             coef, icap = _integer_row(a, m.raw_caps[i])
             model.Add(cp_model.LinearExpr.WeightedSum([xs[j] for j in cols.tolist()], coef.tolist()) <= icap)
-        q = np.round(m.cost * RES).astype(np.int64)
-        model.Minimize(cp_model.LinearExpr.WeightedSum(xs, q.tolist()))
+        if m.smax is None:
+            q = np.round(m.cost * RES).astype(np.int64)
+            model.Minimize(cp_model.LinearExpr.WeightedSum(xs, q.tolist()))
+        else:  # min-max: t >= each unit's chosen score (integers at RES resolution)
+            q = np.round(m.smax * RES).astype(np.int64)
+            t = model.NewIntVar(0, int(RES), "t")
+            for r in range(m.M):
+                js = order[bounds[r]:bounds[r + 1]].tolist()
+                model.Add(cp_model.LinearExpr.WeightedSum([xs[j] for j in js], q[js].tolist()) <= t)
+            model.Minimize(t)
         if hint is not None:
-            for x, v in zip(xs, m.x_of(hint).astype(int).tolist()):
+            for x, v in zip(xs, m.x_of(hint)[:J].astype(int).tolist()):
                 model.AddHint(x, v)
         solver = cp_model.CpSolver()
         # 8 workers even on fewer cores: below 8, CP-SAT's portfolio drops its LP-based workers and
@@ -49,9 +57,14 @@ class CpSatBackend(Backend):
         if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return BackendResult(None, False, True, info={"status": solver.StatusName(st)})
         x = np.array([solver.Value(v) for v in xs], dtype=np.float64)
-        slack = 0.5 * m.M / RES
+        if m.smax is None:
+            slack = 0.5 * m.M / RES
+            value = float(q @ x)
+        else:  # the max of rounded scores is within half a step of the true max
+            slack = 0.5 / RES
+            value = float(q[x > 0.5].max()) if (x > 0.5).any() else 0.0
         bound = m.true_objective(solver.BestObjectiveBound() / RES - slack)
-        obj = m.true_objective(float(q @ x) / RES + slack)  # worst case true value of this solution
+        obj = m.true_objective(value / RES + slack)  # worst case true value of this solution
         rel = (obj - bound) / abs(obj) if obj else 0.0
         proven = st == cp_model.OPTIMAL and rel <= max(gap, 1e-6)
         return BackendResult(m.choice_of(x), proven, st != cp_model.OPTIMAL, bound=bound,

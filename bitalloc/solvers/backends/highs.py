@@ -40,18 +40,19 @@ def pass_model(h, m: Milp, integer: bool = True):
     import highspy
 
     lp = highspy.HighsLp()
-    J, R = len(m.row), m.n_rows
-    lp.num_col_, lp.num_row_ = J, m.M + R
-    lp.col_cost_ = m.cost
-    lp.col_lower_ = np.zeros(J)
-    lp.col_upper_ = np.ones(J)
-    lp.row_lower_ = np.concatenate([np.ones(m.M), np.full(R, -highspy.kHighsInf)])
-    lp.row_upper_ = np.concatenate([np.ones(m.M), m.caps])
+    J, n = len(m.row), m.n_col
+    lower, upper = m.row_bounds()
+    lp.num_col_, lp.num_row_ = n, len(lower)
+    lp.col_cost_ = m.col_cost()
+    lp.col_lower_ = np.zeros(n)
+    lp.col_upper_ = np.ones(n)  # the max objective's t is scaled to [0, 1] too
+    lp.row_lower_ = np.where(np.isfinite(lower), lower, -highspy.kHighsInf)
+    lp.row_upper_ = upper
     start, index, value = m.rowwise()
     lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = start, index, value
     if integer:
-        lp.integrality_ = [highspy.HighsVarType.kInteger] * J
+        lp.integrality_ = [highspy.HighsVarType.kInteger] * J + [highspy.HighsVarType.kContinuous] * (n - J)
     h.passModel(lp)
 
 
@@ -101,6 +102,6 @@ def _solution_disagrees(h, m: Milp) -> bool:
     info = h.getInfo()
     if info.primal_solution_status != 2:
         return False
-    got = float(m.cost @ np.asarray(h.getSolution().col_value, dtype=np.float64))
+    got = float(m.col_cost() @ np.asarray(h.getSolution().col_value, dtype=np.float64))
     want = float(info.objective_function_value)
     return abs(got - want) > 1e-9 * max(1.0, abs(want))
