@@ -48,8 +48,8 @@ def solve_with_rows(solver, problem, budgets, max_rounds: int = 100):
         return solver.solve_budgets(problem, budgets)
     try:
         return solver.solve_budgets(problem, budgets)
-    except BitallocError as e:
-        if "not a sum over units" not in str(e):
+    except BitallocError as e:  # the refusal names the non-additive resource; anything else is the user's
+        if not any(repr(c.cost.resource) in str(e) or c.cost.resource in str(e).split() for c in nonadd):
             raise
     return [_solve_one(solver, problem if b is None else problem.with_budget(b), nonadd, max_rounds) for b in budgets]
 
