@@ -22,7 +22,7 @@ while that op runs: a tensor lives from the op that writes it to the last op tha
 """
 from __future__ import annotations
 
-from ..errors import bad
+from ..errors import BitallocError, bad
 
 GRAPH_KEY = "graph"
 
@@ -159,7 +159,10 @@ def check_graph(g, layers: set[str]) -> None:
 
 def liveness(g: dict) -> list[list[int]]:
     """live[j]: nodes whose tensor is alive while node j's op runs (writer <= j <= last reader)."""
-    import networkx as nx
+    try:
+        import networkx as nx
+    except ImportError:
+        raise BitallocError("peak SRAM needs networkx: pip install 'bitalloc[hw]' (or networkx)") from None
 
     nodes = g["nodes"]
     G = nx.DiGraph()
