@@ -102,7 +102,7 @@ def main(workdir: str | None = None, repeats: int = 10, warmup: int = 2, samples
     print(f"latency recomputed from the measured rows of {Path(meas).name}: {recomputed:.4f} ms")
     print(f"fit: {lat.fit.text()}")
     rows = alloc.meta.get("rows")
-    if rows:
+    if isinstance(rows, dict):  # lazy rows (a solver without native rows); the ILP takes them all
         print(f"peak SRAM as lazy liveness rows: {rows['rows_added']} of {rows['rows_total']['sram_kb']} rows needed, "
               f"{rows['rounds']} solver rounds")
     # What the SRAM budget changed: the same problem without it.

@@ -163,7 +163,7 @@ def liveness(g: dict) -> list[list[int]]:
     try:
         import networkx as nx
     except ImportError:
-        raise BitallocError("peak SRAM needs networkx: pip install 'bitalloc[hw]' (or networkx)") from None
+        raise BitallocError("peak SRAM needs networkx: pip install 'bitalloc[search]' (or networkx)") from None
 
     nodes = g["nodes"]
     G = nx.DiGraph()
