@@ -121,6 +121,22 @@ def test_sqlite_two_workers_then_resume(tmp_path):
         get_solver("optuna", n_trials=2, storage=url, study="s").solve(Problem.average_bits(p, 3.0))
 
 
+def test_workers_without_storage_share_a_temporary_journal():
+    p = small_profile()
+    calls = []
+    s = get_solver("optuna", n_trials=6, workers=2, seed=0, evaluate=lambda a: calls.append(1) or a.objective * 2)
+    a = s.solve(Problem.average_bits(p, 3.2))
+    assert sorted(a.meta["trials_per_worker"].values()) == [3, 3]  # the closure ran in both forked workers
+    assert a.meta["values"][0] == pytest.approx(2 * a.objective) and a.meta["storage"] == "memory"
+
+
+def test_evaluate_returning_the_wrong_number_of_values():
+    p = small_profile(n_units=3)
+    s = get_solver("optuna", n_trials=3, directions=("minimize",), evaluate=lambda a: (1.0, 2.0))
+    with pytest.raises(BitallocError, match="1 objective"):
+        s.solve(Problem.average_bits(p, 8.0))
+
+
 def test_keyboard_interrupt_leaves_the_study_resumable(tmp_path):
     import optuna
 
