@@ -57,8 +57,9 @@ def front_plot(front: list[dict], uniform: list[dict], bits: list[int], title: s
         for r in uniform:
             f = at.get(round(r["avg_bits"], 9))
             ratio = f" ({r['objective'] / f:.1f}× the front)" if f else ""
+            right = r["avg_bits"] >= max(x + ux) - 1e-9  # at the right edge: label to the left, inside the axes
             ax.annotate(f"{r['bits']}-bit{ratio}", (r["avg_bits"], max(r["objective"], 1e-300)), textcoords="offset points",
-                        xytext=(6, 4), fontsize=8, color="tab:red")
+                        xytext=(-8, 6) if right else (6, 4), ha="right" if right else "left", fontsize=8, color="tab:red")
     ax.set_yscale("log")
     ax.set_xlabel("average bits per weight")
     ax.set_ylabel(ylabel)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bitalloc.cli import main as cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's bitalloc, installed or not
+from bitalloc.cli import main as cli  # noqa: E402
 
 BITS = "2,3,4,6,8,16"
 

@@ -263,6 +263,9 @@ def test_measured_rows_fit_fill_and_unsupported(tmp_path):
     assert C[1, k16] == pytest.approx(f * analytic[1, k16])  # oom row: the scaled analytic figure stands in
     assert lat.feasible(p)[0].tolist() == [False, True, True]  # A at int2: unsupported
     assert McuCost("flash", device_profile=str(path)).feasible(p)[0].tolist() == [False, True, True]
+    cyc = McuCost("cycles", device_profile=str(path), unit="k")  # measured cycles override the analytic ones
+    assert cyc.costs(p)[3, k8] == pytest.approx(216000) and cyc.total(p, np.full(4, k8)) > 216
+    assert cyc.costs(p)[0, k8] == pytest.approx(3 * analytic[0, k8] * 216e6)
     with pytest.raises(BitallocError, match="was measured on 'cortex-m7'"):
         LatencyCost(device="cortex-m4", device_profile=str(path))
 
@@ -283,6 +286,7 @@ def test_device_profile_json_form(tmp_path):
     (["--constraint", "sram_kb<=64"], r"--device None: resource sram_kb needs a target device; allowed: .*cortex-m7"),
     (["--constraint", "sram_kb<=64", "--device", "m99"], r"device 'm99': allowed: .*cortex-m4"),
     (["--constraint", "lut<=64", "--device", "cortex-m7"], r"device 'cortex-m7': is a mcu; lut needs one of class fpga"),
+    (["--constraint", "lut<=9", "--device", "vu9p", "--cost-option", "reuse=4"], r"--cost-option 'reuse': no --constraint's cost model takes it; they take: .*reuse_factor"),
     (["--constraint", "flash_kb<=0.001", "--device", "cortex-m7"], r"budget flash_kb <= 0\.001 is below the smallest feasible flash_kb"),
 ])
 def test_constraint_errors(tmp_path, capsys, args, pattern):
@@ -325,3 +329,16 @@ def test_plan_deduplicates_kernels_and_round_trips(tmp_path):
     path.write_text(path.read_text().replace("linear", "matmul", 1))
     with pytest.raises(BitallocError, match=r"plan .* row 4 field op 'matmul'"):
         read_plan(path)
+
+
+def test_solve_with_hardware_constraints_never_imports_torch(tmp_path):
+    import subprocess
+    import sys
+
+    prof = tmp_path / "p.json"
+    graph_profile().save(prof)
+    code = ("import sys; from bitalloc.cli import main; "
+            f"rc = main(['solve', '--profile', {str(prof)!r}, '--device', 'cortex-m4', '--constraint', 'sram_kb<=1', "
+            "'--constraint', 'latency_ms<=1', '--json']); print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 False"

@@ -121,6 +121,22 @@ def test_sqlite_two_workers_then_resume(tmp_path):
         get_solver("optuna", n_trials=2, storage=url, study="s").solve(Problem.average_bits(p, 3.0))
 
 
+def test_workers_without_storage_share_a_temporary_journal():
+    p = small_profile()
+    calls = []
+    s = get_solver("optuna", n_trials=6, workers=2, seed=0, evaluate=lambda a: calls.append(1) or a.objective * 2)
+    a = s.solve(Problem.average_bits(p, 3.2))
+    assert sorted(a.meta["trials_per_worker"].values()) == [3, 3]  # the closure ran in both forked workers
+    assert a.meta["values"][0] == pytest.approx(2 * a.objective) and a.meta["storage"] == "memory"
+
+
+def test_evaluate_returning_the_wrong_number_of_values():
+    p = small_profile(n_units=3)
+    s = get_solver("optuna", n_trials=3, directions=("minimize",), evaluate=lambda a: (1.0, 2.0))
+    with pytest.raises(BitallocError, match="1 objective"):
+        s.solve(Problem.average_bits(p, 8.0))
+
+
 def test_keyboard_interrupt_leaves_the_study_resumable(tmp_path):
     import optuna
 
@@ -142,6 +158,57 @@ def test_keyboard_interrupt_leaves_the_study_resumable(tmp_path):
     assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1 and "RUNNING" not in states
     a = get_solver("optuna", n_trials=4, storage=url, study="k", evaluate=lambda al: al.objective, seed=1).solve(prob)
     assert a.meta["trials_total"] == len(states) + 4 and a.ok
+
+
+def test_ctrl_c_stops_after_the_current_trial(tmp_path):
+    import optuna
+    import signal
+
+    p = small_profile(n_units=4)
+    url = f"sqlite:///{tmp_path}/study.db"
+    n = [0]
+
+    def fn(alloc):
+        n[0] += 1
+        if n[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while a trial runs: that trial still completes
+        return alloc.objective
+
+    prob = Problem.average_bits(p, 8.0)
+    with pytest.raises(KeyboardInterrupt, match="keeps its 3 trials"):
+        get_solver("optuna", n_trials=10, storage=url, study="c", evaluate=fn, seed=0).solve(prob)
+    study = optuna.load_study(study_name="c", storage=url)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_cli_with_two_workers(tmp_path, small_path):
+    import signal
+    import sys
+    import time
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    cmd = [sys.executable, "-m", "bitalloc.cli", "solve", "--profile", small_path, "--budget", "3.2", "--solver", "optuna",
+           "--trials", "2000", "--workers", "2", "--storage", url, "--study", "c"]
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(bitalloc.__file__)))}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            if len(optuna.load_study(study_name="c", storage=url).trials) >= 6:
+                break
+        except KeyError:
+            pass
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command again" in err.decode()
+    states = [t.state.name for t in optuna.load_study(study_name="c", storage=url).trials]
+    assert set(states) == {"COMPLETE"} and 6 <= len(states) < 2000
 
 
 @pytest.mark.parametrize("kw, pattern", [

@@ -85,6 +85,7 @@ def run(args) -> int:
         dp = DeviceProfile.load(args.device_profile)
     cost_opts = parse_options(args.cost_option)
     constraints = [parse_constraint(t, args.device, dp, cost_opts) for t in args.constraint]
+    _check_cost_options(cost_opts, constraints)
     SOLVERS.get(args.solver)
     opts = {}
     if args.time_limit is not None:
@@ -160,6 +161,16 @@ def run(args) -> int:
         for path in outs:
             print(f"wrote {path}")
     return 0
+
+
+def _check_cost_options(opts: dict, constraints) -> None:
+    """Every --cost-option must be taken by at least one constraint's cost model."""
+    import inspect
+
+    takes = {p for c in constraints for p in inspect.signature(type(c.cost).__init__).parameters} - {"self"}
+    for key in opts:
+        if key not in takes:
+            raise bad("--cost-option", key, f"no --constraint's cost model takes it; they take: {', '.join(sorted(takes)) or 'none'}")
 
 
 def _tie_tokens(spec: str) -> list[str]:

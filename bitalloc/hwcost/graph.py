@@ -1,7 +1,8 @@
 """The layer graph that peak SRAM is computed on: activation tensors, who makes and who reads them.
 
-`record_graph(task)` traces one calibration sample through the real model below autograd
-(a TorchDispatchMode sees every aten op with its real tensors) and keeps, in execution order,
+`record_graph(task)` traces one calibration sample through the real model (a TorchFunctionMode
+sees every torch function and tensor method with its real tensors; a TorchDispatchMode would see
+aten ops too, but its first use imports torch._dynamo, seconds) and keeps, in execution order,
 one node per op that allocates a new activation tensor: its element count, the ops it reads,
 and the quantizable layer that produced it (views and in-place ops allocate nothing and are
 folded into the tensor they alias; weights and buffers are not activations; pooling's argmax
@@ -22,7 +23,7 @@ while that op runs: a tensor lives from the op that writes it to the last op tha
 """
 from __future__ import annotations
 
-from ..errors import bad
+from ..errors import BitallocError, bad
 
 GRAPH_KEY = "graph"
 
@@ -30,7 +31,7 @@ GRAPH_KEY = "graph"
 def record_graph(task) -> dict:
     """Trace one calibration sample of `task` (see module doc). Costs one forward pass."""
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.overrides import TorchFunctionMode
     from torch.utils._pytree import tree_flatten
 
     model = task.model
@@ -49,8 +50,8 @@ def record_graph(task) -> dict:
         nodes.append({"op": "input", "elems": int(t.numel()), "inputs": [], "layer": None})
         return owner[k]
 
-    class Recorder(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    class Recorder(TorchFunctionMode):  # torch-function level: F.linear, F.conv2d, torch.relu, Tensor.view, ...
+        def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             if not active[0]:
                 return out
@@ -63,7 +64,7 @@ def record_graph(task) -> dict:
                 new = [t for t in new if t.is_floating_point()]
             reads = sorted({n for n in (node_of(t) for t in ins) if n is not None})
             idx = len(nodes)
-            nodes.append({"op": func.__name__.split(".")[0], "elems": int(sum(t.numel() for t in new)),
+            nodes.append({"op": getattr(func, "__name__", type(func).__name__), "elems": int(sum(t.numel() for t in new)),
                           "inputs": reads, "layer": None})
             for t in new:
                 owner[_key(t)] = idx
@@ -159,7 +160,10 @@ def check_graph(g, layers: set[str]) -> None:
 
 def liveness(g: dict) -> list[list[int]]:
     """live[j]: nodes whose tensor is alive while node j's op runs (writer <= j <= last reader)."""
-    import networkx as nx
+    try:
+        import networkx as nx
+    except ImportError:
+        raise BitallocError("peak SRAM needs networkx: pip install 'bitalloc[search]' (or networkx)") from None
 
     nodes = g["nodes"]
     G = nx.DiGraph()

@@ -13,6 +13,7 @@ next to the budget, and `meta["rows"]` how many rows were needed.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -48,13 +49,14 @@ def solve_with_rows(solver, problem, budgets, max_rounds: int = 100):
         return solver.solve_budgets(problem, budgets)
     try:
         return solver.solve_budgets(problem, budgets)
-    except BitallocError as e:
-        if "not a sum over units" not in str(e):
+    except BitallocError as e:  # the refusal names the non-additive resource; anything else is the user's
+        if not any(repr(c.cost.resource) in str(e) or c.cost.resource in str(e).split() for c in nonadd):
             raise
     return [_solve_one(solver, problem if b is None else problem.with_budget(b), nonadd, max_rounds) for b in budgets]
 
 
 def _solve_one(solver, problem, nonadd, max_rounds):
+    t0 = time.perf_counter()
     p = problem.profile
     additive = [c for c in problem.constraints if c.cost.additive]
     mask = problem.allowed
@@ -75,7 +77,7 @@ def _solve_one(solver, problem, nonadd, max_rounds):
             continue
         a = solver.solve(sub)
         if not a.ok:
-            return _finish(a, problem, nonadd, None, rounds, len(active))
+            return _finish(a, problem, nonadd, None, rounds, len(active), t0)
         choice = a.choice(p)
         new = 0
         for c in nonadd:
@@ -86,12 +88,13 @@ def _solve_one(solver, problem, nonadd, max_rounds):
                     added.add((id(c), q))
                     new += 1
         if not new:
-            return _finish(a, problem, nonadd, choice, rounds, len(active))
+            return _finish(a, problem, nonadd, choice, rounds, len(active), t0)
     raise BitallocError(f"non-additive constraints: still violated after {max_rounds} rounds of adding rows")
 
 
-def _finish(a, problem, nonadd, choice, rounds, n_rows):
+def _finish(a, problem, nonadd, choice, rounds, n_rows, t0):
     p = problem.profile
+    a.wall_s = time.perf_counter() - t0  # every round, rows included
     for d in (a.totals, a.budgets, a.min_budgets):
         for k in [k for k in d if "#row" in k]:
             v = d.pop(k)

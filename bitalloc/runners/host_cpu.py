@@ -28,7 +28,12 @@ class HostCpuRunner(Runner):
 
     def __init__(self, warmup: int = 3, repeats: int = 20, threads: int = 1, seed: int = 0):
         super().__init__(warmup, repeats)
-        import torch
+        try:
+            import torch
+        except ImportError:
+            from ..errors import BitallocError
+
+            raise BitallocError("runner host-cpu needs torch: pip install 'bitalloc[torch]'") from None
 
         self.torch = torch
         self._threads = torch.get_num_threads()

@@ -3,15 +3,22 @@
 Each worker opens its own storage from the URL, loads the study with its own sampler (seed
 `seed + worker`, or fresh entropy) and runs its share of the trials; every trial records the
 worker in its user attributes (`worker`, `host`, `pid`), so trial counts per worker can be read
-back from the study. Ctrl-C (SIGINT to the process group, or to this process only) stops the
-workers; a trial cut short is marked FAIL by Optuna, so the study stays consistent and the
-next run on the same storage and study name continues it.
+back from the study.
+
+Ctrl-C: the first SIGINT asks every worker to stop after its current trial (workers ignore
+SIGINT themselves; the parent sets a shared flag they check between trials), so no trial is
+left half-written and the next run with the same storage and study name continues the study.
+A second Ctrl-C aborts at once (workers are terminated; a trial cut short stays RUNNING until
+the storage's heartbeat marks it failed).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -46,14 +53,48 @@ def tag(trial, worker: int) -> None:
 def run(spec: RunSpec, study, make_sampler: Callable, objective: Callable,
         progress: Callable | None = None) -> None:
     """Run `spec.n_trials` trials of `objective(worker) -> (trial -> values)` on `study` (already
-    created in `spec.url`). progress(done, total) is called as trials finish."""
-    if spec.workers == 1:
-        _in_process(spec, study, make_sampler, objective, progress)
-    else:
-        _forked(spec, study, make_sampler, objective, progress)
+    created in `spec.url`). progress(done, total) is called as trials finish. Raises
+    KeyboardInterrupt after a Ctrl-C, once the workers have stopped."""
+    import multiprocessing as mp
+
+    stop = mp.get_context("fork").Event() if spec.workers > 1 else threading.Event()
+    with _first_sigint_sets(stop):
+        if spec.workers == 1:
+            _in_process(spec, study, make_sampler, objective, progress, stop)
+        else:
+            _forked(spec, study, make_sampler, objective, progress, stop)
+    if stop.is_set():
+        raise KeyboardInterrupt
 
 
-def _in_process(spec, study, make_sampler, objective, progress):
+@contextlib.contextmanager
+def _first_sigint_sets(stop):
+    """While inside: the first SIGINT sets `stop`, the next one raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        sys.stderr.write("\nbitalloc: stopping after the current trial(s); Ctrl-C again to abort them\n")
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _stopper(stop):
+    def cb(study, _trial):
+        if stop.is_set():
+            study.stop()
+    return cb
+
+
+def _in_process(spec, study, make_sampler, objective, progress, stop):
     study.sampler = make_sampler(_seed(spec.seed, 0))
     done = [0]
 
@@ -62,10 +103,10 @@ def _in_process(spec, study, make_sampler, objective, progress):
         progress(done[0], spec.n_trials)
 
     study.optimize(objective(0), n_trials=spec.n_trials, timeout=spec.timeout,
-                          callbacks=[tick] if progress else None)
+                   callbacks=[_stopper(stop)] + ([tick] if progress else []))
 
 
-def _forked(spec, study, make_sampler, objective, progress):
+def _forked(spec, study, make_sampler, objective, progress, stop):
     import multiprocessing as mp
 
     from optuna.trial import TrialState
@@ -79,34 +120,36 @@ def _forked(spec, study, make_sampler, objective, progress):
     n0 = storage.get_n_trials(sid, states)
     ctx = mp.get_context("fork")
     procs, pipes = [], []
-    for w, n in enumerate(shares(spec.n_trials, spec.workers)):
-        recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(spec, w, n, make_sampler, objective, send), daemon=True)
-        p.start()
-        send.close()
-        procs.append(p)
-        pipes.append(recv)
     try:
+        for w, n in enumerate(shares(spec.n_trials, spec.workers)):
+            recv, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_worker, args=(spec, w, n, make_sampler, objective, send, stop), daemon=True)
+            p.start()
+            send.close()
+            procs.append(p)
+            pipes.append(recv)
         while any(p.is_alive() for p in procs):
             time.sleep(0.25)
             if progress:
                 progress(min(storage.get_n_trials(sid, states) - n0, spec.n_trials), spec.n_trials)
-    except KeyboardInterrupt:
-        _stop(procs)
+    except KeyboardInterrupt:  # the second Ctrl-C: do not wait for the current trials
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
         raise
     errors = []
     for w, (p, r) in enumerate(zip(procs, pipes)):
         p.join()
         msg = r.recv() if r.poll() else None
-        if p.exitcode == 130:
-            raise KeyboardInterrupt
         if p.exitcode != 0 or msg:
             errors.append(f"worker {w}: {msg or f'exit code {p.exitcode}'}")
     if errors:
         raise RuntimeError("; ".join(errors))
 
 
-def _worker(spec, w, n, make_sampler, objective, conn):
+def _worker(spec, w, n, make_sampler, objective, conn, stop):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; we stop between trials
     import optuna
 
     from .optuna_storage import open_storage
@@ -116,33 +159,15 @@ def _worker(spec, w, n, make_sampler, objective, conn):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=spec.study, storage=open_storage(spec.url),
                                   sampler=make_sampler(_seed(spec.seed, w)))
-        if n:
-            study.optimize(objective(w), n_trials=n, timeout=spec.timeout)
+        if n and not stop.is_set():
+            study.optimize(objective(w), n_trials=n, timeout=spec.timeout, callbacks=[_stopper(stop)])
         conn.send(None)
-    except KeyboardInterrupt:
-        code = 130
     except BaseException as e:  # reported by the parent, which raises
         conn.send(f"{type(e).__name__}: {e}")
         code = 1
     finally:
         conn.close()
     os._exit(code)  # skip the parent's atexit handlers inherited through fork
-
-
-def _stop(procs) -> None:
-    """SIGINT every live worker (Optuna fails the running trial and returns), then wait."""
-    for p in procs:
-        if p.is_alive():
-            try:
-                os.kill(p.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 20
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-        if p.is_alive():
-            p.terminate()
-            p.join()
 
 
 def _seed(seed: int | None, worker: int) -> int:

@@ -4,9 +4,9 @@ Every process opens its own storage from the URL (an SQLAlchemy engine must not 
 SQLite gets a 60 s lock timeout and WAL journaling with synchronous=NORMAL (Optuna writes
 each parameter in its own transaction; with the default rollback journal every one is an fsync,
 about 10 s per trial of 210 parameters here, 4-20x less with WAL), so several worker processes
-on one machine share the file; server
-databases get a connect timeout and Optuna's heartbeat, so a trial of a worker that died
-(killed machine, lost connection) is marked failed by the others instead of staying RUNNING.
+on one machine share the file; server databases get a connect timeout. Every RDB storage has
+Optuna's heartbeat, so a trial of a worker that died (killed process or machine, lost
+connection) is marked failed by the next trial of any worker instead of staying RUNNING.
 `journal:///path/file.log` selects Optuna's JournalFileBackend (its recommendation for many
 processes on one machine without a database server).
 """
@@ -58,7 +58,7 @@ def open_storage(url: str | None):
             kw["engine_kwargs"] = {"pool_pre_ping": True}
             if url.startswith("postgresql"):
                 kw["engine_kwargs"]["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-            kw.update(heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+        kw.update(heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
         with warnings.catch_warnings():  # heartbeat_interval is "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, **kw)
