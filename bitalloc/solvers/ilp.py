@@ -11,6 +11,7 @@ dual bound and the greedy's LP / Lagrangian bound.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -39,13 +40,15 @@ class IlpSolver(Solver):
         self.gap = float(gap)
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
-        hint, lp, full, extra = None, None, comp, {}
+        hint, lp, full, extra, spent = None, None, comp, {}, 0.0
         if len(comp.rows) == 1 and comp.additive:
             g = lp_greedy(comp.S, comp.C[0], comp.caps[0], frontier(comp.S, comp.C[0]))
             hint, lp = fill(comp.S, comp.C[0], comp.caps[0], g.choice), g.bound
             comp = fix_by_reduced_cost(comp, g.dual, lp, comp.objective_value(hint))
         else:
+            t0 = time.perf_counter()
             lg = lagrangian(comp, self.time_limit)
+            spent = time.perf_counter() - t0
             extra = {"lagrange_" + k: v for k, v in lg.info.items()}
             if lg.status == "infeasible":  # proven by the exact fallback on the full model
                 return Result(None, "infeasible", info={"backend": self.backend_name, **extra})
@@ -56,7 +59,13 @@ class IlpSolver(Solver):
             if hint is not None:
                 comp = fix_cells(comp, lg.lam, comp.objective_value(hint))
         m = Milp.build(comp)
-        r = self.backend.solve(m, self.time_limit, self.gap, hint)
+        if not len(m.free):  # every unit has one cell left: nothing to search
+            only = m.choice_of(np.zeros(0))
+            if not comp.feasible(only):
+                return Result(None, "infeasible", info={"backend": self.backend_name, **extra})
+            return Result(only, "optimal", comp.objective_value(only), {"backend": self.backend_name, "rows": m.n_rows, **extra})
+        left = None if self.time_limit is None else max(self.time_limit - spent, 1e-3)
+        r = self.backend.solve(m, left, self.gap, hint)
         info = {"backend": self.backend_name, "cells": int(np.isfinite(comp.S).sum()),
                 "cells_before_fixing": int(np.isfinite(full.S).sum()), "rows": m.n_rows, **extra, **r.info}
         if r.infeasible:

@@ -68,8 +68,11 @@ class Priced:
         self.caps = np.array(caps)
         self.R = len(caps)
         self.M, self.K = S.shape
-        # rows over a subset of units (liveness points), packed: entry j is unit at[j] of row of[j]
+        # rows over all units, stacked: (R_d, M·K); rows over a subset of units (liveness points),
+        # packed: entry j is unit at[j] of row of[j]
         self.dense_rows = [r for r in range(self.R) if self.idx[r] is None]
+        self.Cd = np.stack([self.C[r].ravel() for r in self.dense_rows]) if self.dense_rows else np.zeros((0, S.size))
+        self.flat0 = np.arange(self.M) * self.K
         sparse = [r for r in range(self.R) if self.idx[r] is not None]
         self.of = np.concatenate([np.full(len(self.idx[r]), r) for r in sparse]) if sparse else np.zeros(0, np.int64)
         self.at = np.concatenate([self.idx[r] for r in sparse]) if sparse else np.zeros(0, np.int64)
@@ -77,10 +80,8 @@ class Priced:
 
     def priced(self, lam: np.ndarray, skip: int = -1) -> np.ndarray:
         """(M, K) S' + Σ_{r != skip} λ_r C'_r."""
-        W = self.base.copy()
-        for r in self.dense_rows:
-            if r != skip and lam[r] != 0:
-                W += lam[r] * self.C[r]
+        ld = np.array([0.0 if r == skip else lam[r] for r in self.dense_rows])
+        W = self.base + (ld @ self.Cd).reshape(self.M, self.K) if ld.any() else self.base.copy()
         if len(self.at):
             w = lam[self.of]
             if skip >= 0:
@@ -93,8 +94,8 @@ class Priced:
         """(R,) scaled row totals of the choice x."""
         out = np.bincount(self.of, weights=self.Cs[np.arange(len(self.at)), x[self.at]], minlength=self.R) \
             if len(self.at) else np.zeros(self.R)
-        for r in self.dense_rows:
-            out[r] = self.C[r][np.arange(self.M), x].sum()
+        if self.dense_rows:
+            out[self.dense_rows] = np.take(self.Cd, self.flat0 + x, axis=1).sum(1)
         return out
 
     def fits(self, x: np.ndarray) -> bool:
@@ -130,9 +131,11 @@ def lagrangian(comp: Compiled, time_limit: float | None = None, max_iter: int | 
     obj = lambda x: float(S[units, x].sum())  # noqa: E731
     best_x, best_obj = None, np.inf
 
-    def consider(x):
+    def consider(x, g=None):
+        """Keep x if it meets every row (g: its scaled row excess, if known) and beats the best."""
         nonlocal best_x, best_obj
-        if pr.fits(x) and obj(x) < best_obj:
+        fit = pr.fits(x) if g is None else bool((g <= TOL * np.maximum(pr.caps, 1.0)).all())
+        if fit and obj(x) < best_obj:
             best_x, best_obj = x.copy(), obj(x)
 
     zero = np.zeros(pr.R)
@@ -186,7 +189,7 @@ def boxstep(pr: Priced, lam0: np.ndarray, first, consider, deadline, max_iter: i
     while steps < max_iter and (deadline is None or time.perf_counter() < deadline):
         steps += 1
         x, L, g = pr.evaluate(lam)
-        consider(x)
+        consider(x, g)
         cuts.append((lam, L, g))
         h.addRow(-inf, L - g @ lam, R + 1, cols, np.r_[-g, 1.0])  # t − g·λ <= L − g·λ_i
         if L > best_L:

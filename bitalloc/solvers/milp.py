@@ -17,15 +17,20 @@ from ..problem import Compiled, Row
 
 @dataclass
 class Milp:
-    """row, cand: (J,) cell of each variable, sorted by row (unit m's cells are
-    unit_start[m]:unit_start[m+1]); cost: (J,) scaled objective; constraint rows in CSR form:
-    a_ptr (R+1,), a_col (nnz,) variable, a_val (nnz,) scaled coefficient, raw_val unscaled;
-    caps / raw_caps: (R,) scaled / unscaled caps; row_scale: (R,) raw = scaled · row_scale;
-    cons: (R,) constraint index of each row; true objective = scaled · obj_scale + offset."""
+    """Units with one allowed cell left are fixed (their costs taken off the caps), so only the
+    free units get variables. row, cand: (J,) cell of each variable, sorted by row (unit m's cells
+    are unit_start[m]:unit_start[m+1], empty for fixed units); free: (F,) the free units, one
+    assignment row each; fixed: (M,) candidate of each fixed unit, -1 for free ones; cost: (J,)
+    scaled objective; constraint rows in CSR form: a_ptr (R+1,), a_col (nnz,) variable, a_val
+    (nnz,) scaled coefficient, raw_val unscaled; caps / raw_caps: (R,) scaled / unscaled caps
+    left for the free units; row_scale: (R,) raw = scaled · row_scale; cons: (R,) constraint of
+    each row; true objective = scaled · obj_scale + offset."""
 
     row: np.ndarray
     cand: np.ndarray
     unit_start: np.ndarray
+    free: np.ndarray
+    fixed: np.ndarray
     cost: np.ndarray
     a_ptr: np.ndarray
     a_col: np.ndarray
@@ -46,18 +51,23 @@ class Milp:
         S = comp.S
         M, K = S.shape
         ok = np.isfinite(S)
+        n_ok = ok.sum(1)
+        fixed = np.where(n_ok == 1, ok.argmax(1), -1)
+        ok &= (n_ok > 1)[:, None]
         row, cand = np.nonzero(ok)  # row-major: sorted by unit
         unit_start = np.searchsorted(row, np.arange(M + 1)).astype(np.int64)
         rmin = np.where(ok, S, np.inf).min(1)
         cost = S[row, cand] - rmin[row]
         scale = float(cost.max()) if len(cost) and cost.max() > 0 else 1.0
+        is_fixed = fixed >= 0
+        const = float(rmin[~is_fixed].sum() + S[is_fixed, fixed[is_fixed]].sum())
         cols, vals, caps, cons = [], [], [], []
         for i, r in comp.flat():
             j, v = _row_cells(r, row, cand, unit_start)
             keep = v != 0
             cols.append(j[keep])
             vals.append(v[keep])
-            caps.append(comp.caps[i])
+            caps.append(comp.caps[i] - _fixed_part(r, fixed))
             cons.append(i)
         ptr = np.concatenate([[0], np.cumsum([len(c) for c in cols])]).astype(np.int64)
         a_col = np.concatenate(cols).astype(np.int64) if cols else np.zeros(0, np.int64)
@@ -65,9 +75,13 @@ class Milp:
         rs = np.array([max(float(np.abs(v).max()), 1e-300) if len(v) else 1.0 for v in vals])
         per = np.repeat(rs, np.diff(ptr)) if len(rs) else np.zeros(0)
         raw_caps = np.asarray(caps, dtype=np.float64)
-        return cls(row, cand, unit_start, cost / scale, ptr, a_col, raw / per if len(raw) else raw, raw,
-                   raw_caps / rs if len(rs) else raw_caps, raw_caps, rs, np.asarray(cons, np.int64),
-                   float(rmin.sum()), scale, M, K)
+        return cls(row, cand, unit_start, np.flatnonzero(~is_fixed), fixed, cost / scale, ptr, a_col,
+                   raw / per if len(raw) else raw, raw, raw_caps / rs if len(rs) else raw_caps, raw_caps, rs,
+                   np.asarray(cons, np.int64), const, scale, M, K)
+
+    def assignments(self):
+        """Column range [lo, hi) of each free unit's cells (one `exactly one` row each)."""
+        return zip(self.unit_start[self.free].tolist(), self.unit_start[self.free + 1].tolist())
 
     @property
     def n_rows(self) -> int:
@@ -86,7 +100,7 @@ class Milp:
         """(M,) candidate per row from a (possibly slightly fractional) solution vector."""
         x = np.asarray(x, dtype=np.float64)
         best = np.full(self.M, -1.0)
-        choice = np.zeros(self.M, np.int64)
+        choice = np.maximum(self.fixed, 0)
         np.maximum.at(best, self.row, x)
         hit = x >= best[self.row] - 1e-12
         choice[self.row[hit]] = self.cand[hit]
@@ -98,10 +112,17 @@ class Milp:
     def rowwise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Row-wise matrix of all rows (M assignment rows, then the constraint rows)."""
         J = len(self.row)
-        start = np.concatenate([self.unit_start, J + self.a_ptr[1:]]).astype(np.int32)
+        start = np.concatenate([self.unit_start[self.free], [J], J + self.a_ptr[1:]]).astype(np.int32)
         index = np.concatenate([np.arange(J), self.a_col]).astype(np.int32)
         value = np.concatenate([np.ones(J), self.a_val])
         return start, index, value
+
+
+def _fixed_part(r: Row, fixed: np.ndarray) -> float:
+    """Cost of the row's fixed units at their only candidate."""
+    f = fixed if r.idx is None else fixed[r.idx]
+    hit = np.flatnonzero(f >= 0)
+    return float(r.C[hit, f[hit]].sum())
 
 
 def _row_cells(r: Row, row: np.ndarray, cand: np.ndarray, unit_start: np.ndarray):
@@ -157,7 +178,7 @@ def min_total(allowed: np.ndarray, rows: list[list[Row]], caps: np.ndarray, i: i
     h = new_highs()
     pass_model(h, m)
     mine = np.flatnonzero(m.cons == i)
-    h.addCol(1.0, 0.0, highspy.kHighsInf, len(mine), (m.M + mine).astype(np.int32), -1.0 / m.row_scale[mine])
+    h.addCol(1.0, 0.0, highspy.kHighsInf, len(mine), (len(m.free) + mine).astype(np.int32), -1.0 / m.row_scale[mine])
     h.setOptionValue("mip_rel_gap", 1e-9)
     h.setOptionValue("mip_abs_gap", 0.0)
     if time_limit is not None:

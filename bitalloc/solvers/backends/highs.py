@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import numpy as np
 
@@ -40,13 +41,13 @@ def pass_model(h, m: Milp, integer: bool = True):
     import highspy
 
     lp = highspy.HighsLp()
-    J, R = len(m.row), m.n_rows
-    lp.num_col_, lp.num_row_ = J, m.M + R
+    J, R, F = len(m.row), m.n_rows, len(m.free)
+    lp.num_col_, lp.num_row_ = J, F + R
     lp.col_cost_ = m.cost
     lp.col_lower_ = np.zeros(J)
     lp.col_upper_ = np.ones(J)
-    lp.row_lower_ = np.concatenate([np.ones(m.M), np.full(R, -highspy.kHighsInf)])
-    lp.row_upper_ = np.concatenate([np.ones(m.M), m.caps])
+    lp.row_lower_ = np.concatenate([np.ones(F), np.full(R, -highspy.kHighsInf)])
+    lp.row_upper_ = np.concatenate([np.ones(F), m.caps])
     start, index, value = m.rowwise()
     lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = start, index, value
@@ -60,11 +61,13 @@ class HighsBackend(Backend):
     def solve(self, m: Milp, time_limit, gap, hint):
         import highspy
 
+        t0 = time.perf_counter()
         h = self._run(m, time_limit, gap, hint)
         if hint is not None and _solution_disagrees(h, m):
             # HiGHS 1.16 can solve the MIP in presolve yet hand back the start we gave it as the
             # solution (its reported objective is the optimum's): solve again without the start.
-            h = self._run(m, time_limit, gap, None)
+            left = None if time_limit is None else max(time_limit - (time.perf_counter() - t0), 1e-3)
+            h = self._run(m, left, gap, None)
         st = h.getModelStatus()
         info = h.getInfo()
         S = highspy.HighsModelStatus

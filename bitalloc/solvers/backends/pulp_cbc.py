@@ -21,10 +21,8 @@ class PulpBackend(Backend):
         else:
             xs = [pulp.LpVariable(f"x{j}", 0, 1, cat="Binary") for j in range(len(m.row))]
         prob += pulp.LpAffineExpression(zip(xs, m.cost.tolist()))
-        order = np.argsort(m.row, kind="stable")
-        bounds = np.searchsorted(m.row[order], np.arange(m.M + 1))
-        for r in range(m.M):
-            prob += pulp.LpAffineExpression((xs[j], 1) for j in order[bounds[r]:bounds[r + 1]].tolist()) == 1, f"one{r}"
+        for r, (lo, hi) in enumerate(m.assignments()):
+            prob += pulp.LpAffineExpression((xs[j], 1) for j in range(lo, hi)) == 1, f"one{r}"
         for i in range(m.n_rows):
             cols, a, _ = m.constraint(i)
             prob += pulp.LpAffineExpression(zip((xs[j] for j in cols.tolist()), a.tolist())) <= float(m.caps[i]), f"cap{i}"
