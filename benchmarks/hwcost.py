@@ -166,7 +166,7 @@ def main():
                         check(i.objective <= g.objective * (1 + 1e-9), f"{n} units {r} constraints: {label} optimum above greedy")
     print("\nbudgets: avg_bits <= 3.25; the others bind by construction (see the header). gap: relative, "
           "(objective − certified lower bound) / objective; greedy's bound is the LP value (1 constraint) or the "
-          "best Lagrangian value (several); the ILP's is HiGHS's dual bound. `time_limit` means the ILP stopped "
+          "best Lagrangian value (several); the ILP's is the backend's dual bound. `time_limit` means the ILP stopped "
           "at --ilp-time-limit with the gap shown.")
     print("\n## Checks\n")
     print("\n".join(f"- PROBLEM: {x}" for x in PROBLEMS) if PROBLEMS else "- all correctness checks passed")

@@ -161,7 +161,7 @@ def lagrangian(comp: Compiled, time_limit: float | None = None, max_iter: int | 
     for cand in (x, best_x):
         if cand is not None:
             consider(fill_rows(S, pr, cand, lam))
-    return Lagrange(best_x, "feasible", pr.true(L), lam, info)
+    return Lagrange(best_x if best_x is not None else x, "feasible", pr.true(L), lam, info)
 
 
 def boxstep(pr: Priced, lam0: np.ndarray, first, consider, deadline, max_iter: int, rel_tol: float):
