@@ -237,7 +237,7 @@ def test_jointly_infeasible_min_budgets_are_each_with_the_others_held():
     assert lat_costs.shape == (2, 3)
 
 
-@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("seed", [0])
 def test_greedy_against_ilp_on_medium_problems(seed):
     """120 units, memory + a random additive cost + a peak over windows: greedy is feasible, its
     bound is below the ILP optimum, its objective above, and the gap is small."""

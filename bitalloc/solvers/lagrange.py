@@ -77,6 +77,8 @@ class Priced:
         self.of = np.concatenate([np.full(len(self.idx[r]), r) for r in sparse]) if sparse else np.zeros(0, np.int64)
         self.at = np.concatenate([self.idx[r] for r in sparse]) if sparse else np.zeros(0, np.int64)
         self.Cs = np.concatenate([self.C[r] for r in sparse]) if sparse else np.zeros((0, self.K))
+        self.by_unit = np.argsort(self.at, kind="stable")  # packed entries of unit m: by_unit[ptr[m]:ptr[m+1]]
+        self.ptr = np.searchsorted(self.at[self.by_unit], np.arange(self.M + 1))
 
     def priced(self, lam: np.ndarray, skip: int = -1) -> np.ndarray:
         """(M, K) S' + Σ_{r != skip} λ_r C'_r."""
@@ -279,14 +281,14 @@ def fill_rows(S: np.ndarray, pr: Priced, choice: np.ndarray, lam: np.ndarray | N
         u, k = np.concatenate(us), np.concatenate(ks)
         if not len(u):
             break
-        E = np.empty((len(u), pr.R))  # extra cost of each move on each row
-        for r, (idx, C) in enumerate(zip(pr.idx, pr.C)):
-            if idx is None:
-                E[:, r] = C[u, k] - C[u, choice[u]]
-            else:
-                p = np.minimum(np.searchsorted(idx, u), len(idx) - 1)
-                inside = idx[p] == u
-                E[:, r] = np.where(inside, C[p, k] - C[p, choice[u]], 0.0)
+        E = np.zeros((len(u), pr.R))  # extra cost of each move on each row
+        for r in pr.dense_rows:
+            E[:, r] = pr.C[r][u, k] - pr.C[r][u, choice[u]]
+        if len(pr.at):  # each move's entries in the rows over a subset of units
+            lo, n = pr.ptr[u], pr.ptr[u + 1] - pr.ptr[u]
+            mv = np.repeat(np.arange(len(u)), n)
+            ent = pr.by_unit[np.arange(int(n.sum())) + np.repeat(lo - (np.cumsum(n) - n), n)]
+            E[mv, pr.of[ent]] = pr.Cs[ent, k[mv]] - pr.Cs[ent, choice[u[mv]]]
         ok = (E <= left).all(1)
         u, k, E = u[ok], k[ok], E[ok]
         gain = cur[u] - S[u, k]
@@ -297,13 +299,25 @@ def fill_rows(S: np.ndarray, pr: Priced, choice: np.ndarray, lam: np.ndarray | N
             key = np.where(priced > 0, -gain / np.where(priced > 0, priced, 1.0), -np.inf)
         order = np.lexsort((k, u, -gain, key))
         changed = set()
-        room = left.tolist()
-        for i, kk, e in zip(u[order].tolist(), k[order].tolist(), E[order].tolist()):  # plain floats: short rows
-            if i in changed or any(a > b for a, b in zip(e, room)):
-                continue
-            choice[i] = kk
-            changed.add(i)
-            room = [b - a for a, b in zip(e, room)]
+        if pr.R <= 16:  # plain floats: a few rows
+            room = left.tolist()
+            for i, kk, e in zip(u[order].tolist(), k[order].tolist(), E[order].tolist()):
+                if i in changed or any(a > b for a, b in zip(e, room)):
+                    continue
+                choice[i] = kk
+                changed.add(i)
+                room = [b - a for a, b in zip(e, room)]
+        else:  # many rows (liveness points): a move touches only the rows that hold its unit
+            for j in order.tolist():
+                i = int(u[j])
+                if i in changed:
+                    continue
+                nz = np.flatnonzero(E[j])
+                if (E[j, nz] > left[nz]).any():
+                    continue
+                choice[i] = k[j]
+                changed.add(i)
+                left[nz] -= E[j, nz]
         moved = bool(changed)
         if not moved:
             break
