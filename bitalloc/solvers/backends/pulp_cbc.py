@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
-
 from . import Backend, register
 from ..milp import BackendResult, Milp
 
