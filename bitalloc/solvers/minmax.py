@@ -142,8 +142,8 @@ def threshold_search(comp: Compiled, A: np.ndarray, start: np.ndarray | None = N
     counts = {"thresholds": 0, "proved_by_surrogate": 0, "solved_by_surrogate": 0, "searched": 0}
     vals = np.unique(S[np.isfinite(S)])
     lb = lower_bound(comp)
-    if lb is None:
-        return Search(None, np.inf, False, counts)
+    if lb is None:  # some budget cannot be met even on its own: nothing to search, no bound claimed
+        return Search(None, -np.inf, False, counts)
     lo = proven = int(np.searchsorted(vals, lb))
     x = start if start is not None and comp.feasible(start) else None
     hi = int(np.searchsorted(vals, comp.objective_value(x))) if x is not None else len(vals)
