@@ -143,6 +143,7 @@ def test_conflicting_budgets_least_violation():
         a = get_solver("dmmv").solve(Problem(p, cons, objective="max"))
         assert a.status == "infeasible" and not a.ok and set(a.bits) == set(p.names)
         assert a.meta["violation"] == pytest.approx(least, rel=1e-9, abs=1e-12)
+        assert a.meta["proven_infeasible"] == (a.meta["violation_bound"] > 0)
         assert a.min_budgets  # the CLI's message needs them
         assert get_solver("ilp").solve(Problem(p, cons, objective="max")).status == "infeasible"
     assert found >= 5

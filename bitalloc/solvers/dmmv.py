@@ -76,9 +76,10 @@ class DmmvSolver(Solver):
         if x is None:
             info["alns_runs"] += 1
             x, v = eng.search(np.isfinite(S), sur.choice, self.iterations, self.patience, deadline)
-            if not comp.feasible(x):
-                return Result(x, "infeasible", None, {**info, "violation": v,
-                                                      "violation_bound": max(sur.bound, _each_alone(A, S))})
+            if not comp.feasible(x):  # proven when the certified violation bound is > 0, else the search's verdict
+                vb = max(sur.bound, _each_alone(A, S))
+                return Result(x, "infeasible", None, {**info, "violation": v, "violation_bound": vb,
+                                                      "proven_infeasible": vb > 0})
 
         def find(ok, y):
             info["alns_runs"] += 1
@@ -106,7 +107,8 @@ def _exact_one_budget(comp: Compiled) -> Result:
         x, _ = cheapest_under(S, C, np.inf)
         A = normalized(comp)
         v = float(A[np.arange(len(x)), x, 0].sum() - 1)
-        return Result(x, "infeasible", None, {"method": "bisection", "violation": v, "violation_bound": v})
+        return Result(x, "infeasible", None, {"method": "bisection", "violation": v, "violation_bound": v,
+                                              "proven_infeasible": True})
     under = np.where(S <= t.tau, S, np.inf)
     g = lp_greedy(under, C, cap, frontier(under, C))
     x = fill(under, C, cap, g.choice)
