@@ -4,8 +4,6 @@ least-violation answer for conflicting budgets; the dmmv quantizer against round
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -145,6 +143,7 @@ def test_conflicting_budgets_least_violation():
         a = get_solver("dmmv").solve(Problem(p, cons, objective="max"))
         assert a.status == "infeasible" and not a.ok and set(a.bits) == set(p.names)
         assert a.meta["violation"] == pytest.approx(least, rel=1e-9, abs=1e-12)
+        assert a.meta["proven_infeasible"] == (a.meta["violation_bound"] > 0)
         assert a.min_budgets  # the CLI's message needs them
         assert get_solver("ilp").solve(Problem(p, cons, objective="max")).status == "infeasible"
     assert found >= 5
@@ -180,19 +179,20 @@ def test_bad_input():
         get_solver("greedy").solve(Problem(p, cons, objective="max"))
 
 
-def test_cli_dmmv(tmp_path, smollm_path):
+def test_cli_dmmv(tmp_path, smollm_path, capsys):
+    from bitalloc.cli import main
+
     out = tmp_path / "a.json"
-    cmd = [sys.executable, "-m", "bitalloc.cli", "solve", "--profile", str(smollm_path), "--budget", "3.25",
-           "--solver", "dmmv", "--objective", "max", "--out", str(out), "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    d = json.loads(r.stdout)
+    base = ["solve", "--profile", str(smollm_path), "--budget", "3.25", "--solver"]
+    assert main(base + ["dmmv", "--objective", "max", "--out", str(out), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
     assert d["status"] == "optimal" and d["solver"] == "dmmv" and d["avg_bits"] <= 3.25 + 1e-12
-    assert json.loads(out.read_text())["objective"] == d["objective"]
-    ilp = subprocess.run(cmd[:9] + ["ilp", "--objective", "max", "--json"], capture_output=True, text=True)
-    assert json.loads(ilp.stdout)["objective"] == pytest.approx(d["objective"], rel=1e-12)
-    bad = subprocess.run(cmd[:9] + ["greedy", "--objective", "max"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "objective" in bad.stderr and "Traceback" not in bad.stderr
+    assert d["meta"]["objective"] == "max" and json.loads(out.read_text())["objective"] == d["objective"]
+    assert main(base + ["ilp", "--objective", "max", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["objective"] == pytest.approx(d["objective"], rel=1e-12)
+    assert main(base + ["greedy", "--objective", "max"]) == 2
+    err = capsys.readouterr().err
+    assert "objective" in err and "Traceback" not in err and err.count("\n") == 1
 
 
 # ---- the dmmv quantizer ------------------------------------------------------------------------

@@ -17,7 +17,8 @@ normalized violation max_i (total_i − cap_i) / cap_i, reported `infeasible` wi
   then local search (all single-row moves ranked by priced gain, the best prefix of them applied
   at once: the prefix sums give the violation of every prefix in one pass); hill-climbing
   acceptance and roulette-wheel operator weights (scores 5/2/1/0.5, decay 0.7, as AMVM).
-  The bound is the certified threshold bound; status is `optimal` only when it is met.
+  The bound is the certified threshold bound; status is `optimal` only when it is met. The
+  budgets left over are then spent on the sum of losses under the worst loss (`fill_multi`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from ..errors import bad
 from ..problem import Compiled
 from . import register
 from .base import Result, Solver
-from .minmax import bisect, cheapest_under, normalized, surrogate, threshold_search
+from .minmax import bisect, cheapest_under, fill_multi, normalized, surrogate, threshold_search
 
 SCORES = (5.0, 2.0, 1.0, 0.5)  # new best, better than current, accepted, rejected
 DECAY = 0.7
@@ -75,9 +76,10 @@ class DmmvSolver(Solver):
         if x is None:
             info["alns_runs"] += 1
             x, v = eng.search(np.isfinite(S), sur.choice, self.iterations, self.patience, deadline)
-            if not comp.feasible(x):
-                return Result(x, "infeasible", None, {**info, "violation": v,
-                                                      "violation_bound": max(sur.bound, _each_alone(A, S))})
+            if not comp.feasible(x):  # proven when the certified violation bound is > 0, else the search's verdict
+                vb = max(sur.bound, _each_alone(A, S))
+                return Result(x, "infeasible", None, {**info, "violation": v, "violation_bound": vb,
+                                                      "proven_infeasible": vb > 0})
 
         def find(ok, y):
             info["alns_runs"] += 1
@@ -85,8 +87,13 @@ class DmmvSolver(Solver):
 
         r = threshold_search(comp, A, x, find, deadline)
         info.update(r.counts)
+        x = r.choice
+        under = np.where(S <= comp.objective_value(x), S, np.inf)
+        filled = fill_multi(under, A, x)
+        if comp.feasible(filled):  # leftover budget spent on the sum of losses; the worst loss stays
+            x = filled
         status = "time_limit" if r.timed_out else "feasible"
-        return Result(r.choice, status, r.bound, {**info, "violation": eng.violation(r.choice)})
+        return Result(x, status, r.bound, {**info, "violation": eng.violation(x)})
 
 
 def _exact_one_budget(comp: Compiled) -> Result:
@@ -100,7 +107,8 @@ def _exact_one_budget(comp: Compiled) -> Result:
         x, _ = cheapest_under(S, C, np.inf)
         A = normalized(comp)
         v = float(A[np.arange(len(x)), x, 0].sum() - 1)
-        return Result(x, "infeasible", None, {"method": "bisection", "violation": v, "violation_bound": v})
+        return Result(x, "infeasible", None, {"method": "bisection", "violation": v, "violation_bound": v,
+                                              "proven_infeasible": True})
     under = np.where(S <= t.tau, S, np.inf)
     g = lp_greedy(under, C, cap, frontier(under, C))
     x = fill(under, C, cap, g.choice)

@@ -118,7 +118,7 @@ def _minmax_start(comp: Compiled, warm: Result | None):
     else:
         start = warm.choice if warm is not None and warm.choice is not None else None
         r = threshold_search(comp, normalized(comp), start)
-        hint, bound = r.choice, r.bound
+        hint, bound = r.choice, (r.bound if np.isfinite(r.bound) else None)
     if hint is not None:
         top = comp.objective_value(hint)
         comp = replace(comp, S=np.where(comp.S <= top, comp.S, np.inf))

@@ -142,8 +142,8 @@ def threshold_search(comp: Compiled, A: np.ndarray, start: np.ndarray | None = N
     counts = {"thresholds": 0, "proved_by_surrogate": 0, "solved_by_surrogate": 0, "searched": 0}
     vals = np.unique(S[np.isfinite(S)])
     lb = lower_bound(comp)
-    if lb is None:
-        return Search(None, np.inf, False, counts)
+    if lb is None:  # some budget cannot be met even on its own: nothing to search, no bound claimed
+        return Search(None, -np.inf, False, counts)
     lo = proven = int(np.searchsorted(vals, lb))
     x = start if start is not None and comp.feasible(start) else None
     hi = int(np.searchsorted(vals, comp.objective_value(x))) if x is not None else len(vals)
@@ -174,3 +174,37 @@ def threshold_search(comp: Compiled, A: np.ndarray, start: np.ndarray | None = N
             lo = mid + 1  # not found: the search moves on, the bound does not
     bound = float(vals[proven]) if proven < len(vals) else np.inf
     return Search(x, bound, timed_out, counts)
+
+
+def fill_multi(S: np.ndarray, A: np.ndarray, choice: np.ndarray, passes: int = 8) -> np.ndarray:
+    """Spend what several budgets leave on the sum of losses: single-row moves to a cell of lower
+    loss (S finite = allowed; pass S cut at the worst loss so it cannot rise), ranked by loss
+    saved per share of the scarcest slack they use, and each pass takes the longest ranked prefix
+    whose cumulative cost fits every budget (A from `normalized`: budget i fits iff Σ ≤ 1)."""
+    M = len(choice)
+    rows = np.arange(M)
+    x = choice.copy()
+    for _ in range(passes):
+        cur = A[rows, x]  # (M, n)
+        slack = np.maximum(1.0 - cur.sum(0), 0.0)
+        gain = S[rows, x][:, None] - S  # (M, K), > 0 where the loss falls
+        with np.errstate(invalid="ignore"):
+            valid = np.isfinite(S) & (gain > 0)
+        dA = A - cur[:, None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = (np.maximum(dA, 0.0) / np.where(slack > 0, slack, 0.0)).max(-1)
+            eff = np.where(valid, gain / share, -np.inf)
+        eff = np.where(valid & np.isnan(eff), np.inf, eff)  # 0/0: a free move that saves loss
+        k = eff.argmax(1)
+        best = eff[rows, k]
+        cand = np.flatnonzero(best > -np.inf)
+        if not len(cand):
+            break
+        order = cand[np.argsort(-best[cand], kind="stable")]
+        cum = np.cumsum(dA[order, k[order]], axis=0)
+        bad = ~(cum <= slack + 1e-12).all(1)
+        j = int(np.argmax(bad)) if bad.any() else len(order)
+        if j == 0:
+            break
+        x[order[:j]] = k[order[:j]]
+    return x

@@ -2,7 +2,8 @@
 
 Objective: the scaled costs (in [0, 1]) times 1e9, rounded; the rounding moves any solution's
 objective by at most (free units)/2 · 1e-9, which the reported bound subtracts, so the bound stays
-certified. Constraints: exact integers when the costs are integers (bits), else scaled by
+certified (objective `max`: an integer t ≥ each free unit's rounded score, slack half a step).
+Constraints: exact integers when the costs are integers (bits), else scaled by
 1e9 / max and rounded up with the cap rounded down (never admits an over-budget solution).
 """
 from __future__ import annotations
