@@ -189,9 +189,8 @@ def _as_model_dtype(x: np.ndarray, model, layer: str) -> np.ndarray:
 
 @contextlib.contextmanager
 def restored(model, layers):
-    """Inside: change `layers`' weights freely; on exit they are back as they were."""
-    import torch
-
+    """Inside: change `layers`' weights freely (the yielded function puts them back early);
+    on exit they are back as they were."""
     mods = dict(model.named_modules())
     saved = {n: mods[n].weight.detach().clone() for n in layers}
     try:

@@ -252,7 +252,7 @@ def test_smollm2_end_to_end(tmp_path):
     import bitalloc
     from bitalloc.models import load_task
 
-    task = load_task("smollm2", samples=1, seq_len=128, held_out=4)
+    task = load_task("smollm2", samples=1, seq_len=128, held_out=2)
     alloc = bitalloc.solve(bitalloc.load_default_profile(), budget=3.25)
     q = apply(task.model, alloc)
     path = q.save(tmp_path / "q.safetensors")
