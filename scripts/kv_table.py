@@ -34,8 +34,12 @@ def main(argv=None) -> int:
     ap.add_argument("--held-out", type=int, default=16, help="held-out sequences for perplexity")
     ap.add_argument("--budgets", default="3,3.25,4,5", help="average KV bits per cached element")
     ap.add_argument("--random", type=int, default=3, help="random allocations per budget")
+    ap.add_argument("--score", default="kl", help="kv estimator score: kl (default), loss or attention")
+    ap.add_argument("--no-uniform", action="store_true", help="skip the uniform and unquantized rows")
     ap.add_argument("--md", help="write the markdown table here")
     ap.add_argument("--plot", help="write a plot (PNG) here")
+    ap.add_argument("--allocation", help="only verify this allocation (from `bitalloc solve --out`): perplexity "
+                    "against uniform 2/4/8 bits and the unquantized cache")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -50,18 +54,20 @@ def main(argv=None) -> int:
     task = load_task("smollm2", samples=args.samples, seq_len=args.seq_len, held_out=args.held_out)
     config = KVQuantConfig()
     units = kv_units(task.model, config)
+    if args.allocation:
+        return verify(task, args.allocation, config, units)
     if args.profile and Path(args.profile).exists():
         profile = Profile.load(args.profile)
         print(f"reusing {args.profile}", file=sys.stderr)
     else:
         update, close = progress_bar("kv profile")
         try:
-            profile = get_estimator("kv", bits=(2, 4, 8)).estimate(task, progress=update)
+            profile = get_estimator("kv", bits=(2, 4, 8), score=args.score).estimate(task, progress=update)
         finally:
             close()
         if args.profile:
             profile.save(args.profile, force=args.force)
-    print(f"profile: {profile.n_units} caches, {profile.meta.get('seconds')} s, "
+    print(f"profile ({profile.meta.get('score')}): {profile.n_units} caches, {profile.meta.get('seconds')} s, "
           f"{profile.meta.get('forward_passes')} forward passes of {args.samples}x{args.seq_len} tokens", file=sys.stderr)
 
     def ppl(plan) -> float:
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     rows = []
     update, close = progress_bar("perplexity")
-    n_eval = 1 + 3 + len(budgets) * (1 + args.random)
+    n_eval = (0 if args.no_uniform else 4) + len(budgets) * (1 + args.random)
     done = 0
 
     def tick():
@@ -83,10 +89,11 @@ def main(argv=None) -> int:
         update(done, n_eval)
 
     try:
-        base = ppl({})
-        tick()
+        base = None if args.no_uniform else ppl({})
+        if base is not None:
+            tick()
         uniform = {}
-        for b in (2, 4, 8):
+        for b in () if args.no_uniform else (2, 4, 8):
             plan = uniform_plan(units, b)
             uniform[b] = (ppl(plan), bytes_tok(plan))
             tick()
@@ -116,10 +123,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def verify(task, path, config, units) -> int:
+    """Print verify_kv's rows for a saved allocation (caches it leaves out stay unquantized)."""
+    from bitalloc import Allocation
+    from bitalloc.kvcache import plan_of, verify_kv
+
+    plan = plan_of(Allocation.load(path))
+    plan = {u.name: plan.get(u.name, "fp32") for u in units}
+    print("| plan | perplexity | bits / element | bytes/token |\n|---|---:|---:|---:|")
+    for r in verify_kv(task, plan, config):
+        print(f"| {r['plan']} | {r['perplexity']:.2f} | {r['bits_per_element']:.3g} | {r['bytes_per_token']:.0f} |")
+    return 0
+
+
 def table(rows, uniform, base, profile, args) -> str:
     counts = lambda d: "/".join(str(d[b]) for b in sorted(d))  # noqa: E731
     lines = [f"SmolLM2-135M, weights unquantized; held-out perplexity on {args.held_out}x{args.seq_len} tokens "
-             f"of pydoc_data (held-out topics); KV profile: `kv` estimator (loss increase), {args.samples}x{args.seq_len} "
+             f"of pydoc_data (held-out topics); KV profile: `kv` estimator (score {profile.meta.get('score', '?')[:40]}...), {args.samples}x{args.seq_len} "
              "calibration tokens; keys per-channel, values per-token, group 32, fp16 scale + min "
              "(bytes/token: the whole 30-layer cache per token of context, scales included).", "",
              "| KV bits / element | bitalloc ppl | random ppl (same bits, mean [min-max]) | bytes/token | "
@@ -133,8 +153,8 @@ def table(rows, uniform, base, profile, args) -> str:
     lines += ["", "| uniform KV | perplexity | bytes/token |", "|---|---:|---:|"]
     for b, (p, by) in uniform.items():
         lines.append(f"| {b} bits | {p:.2f} | {by:.0f} |")
-    lines.append(f"| unquantized (fp32 here; 16-bit storage counted) | {base:.2f} | "
-                 f"{60 * 192 * 2:.0f} |")
+    if base is not None:
+        lines.append(f"| unquantized (fp32 here; 16-bit storage counted) | {base:.2f} | {60 * 192 * 2:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,8 +173,10 @@ def plot(rows, uniform, base, path, force) -> None:
         ax.errorbar(x, [np.mean(r["random"]) for r in rows],
                     yerr=[[np.mean(r["random"]) - min(r["random"]) for r in rows],
                           [max(r["random"]) - np.mean(r["random"]) for r in rows]], fmt="s--", label="random, same bits")
-    ax.plot(list(uniform), [p for p, _ in uniform.values()], "^:", label="uniform")
-    ax.axhline(base, color="gray", lw=0.8, label="unquantized")
+    if uniform:
+        ax.plot(list(uniform), [p for p, _ in uniform.values()], "^:", label="uniform")
+    if base is not None:
+        ax.axhline(base, color="gray", lw=0.8, label="unquantized")
     ax.set_xlabel("average KV bits per cached element")
     ax.set_ylabel("held-out perplexity")
     ax.set_yscale("log")
