@@ -48,21 +48,27 @@ def _value(v: str):
     return v
 
 
-def check_model_args(args) -> tuple[int, ...]:
-    """Validate everything that does not need the model, before the (slow) load."""
+def check_model(args) -> None:
+    """--model, --samples and --seq-len, shared by every command that loads a real model."""
     from ..models import MODELS
-    from ..units import GRANULARITIES
 
     if args.model not in MODELS:
         raise bad("--model", args.model, f"allowed: {', '.join(MODELS)}")
-    if args.granularity not in GRANULARITIES:
-        raise bad("--granularity", args.granularity, f"allowed: {', '.join(GRANULARITIES)}")
-    if args.group_size < 1:
-        raise bad("--group-size", args.group_size, "must be a positive integer")
     if args.samples < 1:
         raise bad("--samples", args.samples, "must be at least 1")
     if args.seq_len < 2:
         raise bad("--seq-len", args.seq_len, "must be at least 2")
+
+
+def check_model_args(args) -> tuple[int, ...]:
+    """Validate everything that does not need the model, before the (slow) load."""
+    from ..units import GRANULARITIES
+
+    check_model(args)
+    if args.granularity not in GRANULARITIES:
+        raise bad("--granularity", args.granularity, f"allowed: {', '.join(GRANULARITIES)}")
+    if args.group_size < 1:
+        raise bad("--group-size", args.group_size, "must be a positive integer")
     return parse_bits(args.bits)
 
 
