@@ -9,15 +9,21 @@ from pathlib import Path
 from .errors import BitallocError
 
 
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A UTF-8 text file; a missing or unreadable one is a one-line BitallocError naming `what`."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BitallocError(f"{what} {str(p)!r}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BitallocError(f"{what} {str(p)!r}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+
+
 def read_json(path: str | os.PathLike, what: str) -> dict:
     """Load a JSON object; a missing, unreadable or malformed file is a one-line BitallocError."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BitallocError(f"{what} {str(p)!r}: no such file") from None
-    except OSError as e:
-        raise BitallocError(f"{what} {str(p)!r}: cannot be read ({e.strerror})") from None
+    text = read_text(p, what)
     seen: list[str] = []
     try:
         data = json.loads(text, parse_constant=lambda name: seen.append(name) or _Constant(name))

@@ -12,7 +12,8 @@ from .fileio import atomic_write
 _BLOCK = re.compile(r"^(?P<pre>.*?)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +23,7 @@ def _pyplot():
 
 
 def save_png(fig, path, force: bool = True, dpi: int = 120) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -31,7 +32,7 @@ def save_png(fig, path, force: bool = True, dpi: int = 120) -> None:
 
 def _bit_colors(bits: list[int]):
     """One distinct colour per bit-width, from few bits (warm) to many (cool)."""
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("viridis")
     return {b: cmap(i / max(len(bits) - 1, 1)) for i, b in enumerate(sorted(bits))}
 
@@ -43,7 +44,7 @@ def front_plot(front: list[dict], uniform: list[dict], bits: list[int], title: s
     line and uniform allocations as squares. Right: share of the weights at each bit-width along
     the front. front rows: avg_bits, objective, share {bits: fraction of weights}; uniform rows:
     bits, avg_bits, objective."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.25, 1]})
     pts = [r for r in front if r.get("objective") is not None]
     x = [r["avg_bits"] for r in pts]
@@ -120,7 +121,7 @@ def bits_plot(bits: dict[str, int], title: str, path, weights: dict[str, float] 
               force: bool = True) -> None:
     """Heat map (module type × block) when names have numbered blocks, else bars per layer; with
     `weights` (params per unit) a second panel shows the average bits per weight of each block."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
     per_layer = layer_bits(bits, weights)

@@ -78,15 +78,9 @@ def markdown(rows: list[dict], title: str) -> str:
 def plot(rows: list[dict], profiles: dict[str, Profile], measured: Profile, title: str, path) -> None:
     """Left: rank correlations per estimator; right: the best estimator's scores against the
     measured loss increase (log-log), one colour per bit-width."""
-    import io
+    from .plots import pyplot, save_png
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .fileio import atomic_write
-
+    plt = pyplot()
     est = [r for r in rows if r["estimator"] != "measured"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     x = np.arange(len(est))
@@ -120,7 +114,4 @@ def plot(rows: list[dict], profiles: dict[str, Profile], measured: Profile, titl
     ax2.set_title(f"best: {best['estimator']} (Spearman {best['spearman_units']:.2f})")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    save_png(fig, path)

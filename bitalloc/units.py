@@ -78,6 +78,14 @@ def _rows_cols(shape: tuple[int, ...], n_params: int) -> tuple[int, int]:
     return 1, n_params
 
 
+def check_granularity(granularity: str, group_size: int) -> None:
+    """`granularity` one of GRANULARITIES and `group_size` a positive int, or a one-line error."""
+    if granularity not in GRANULARITIES:
+        raise bad("granularity", granularity, f"allowed: {', '.join(GRANULARITIES)}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise bad("group_size", group_size, "must be a positive integer")
+
+
 def carve(layers: Iterable[tuple[str, tuple[int, ...], int]], granularity: str = "layer",
           group_size: int = 128) -> list[Unit]:
     """Split layers into units.
@@ -86,10 +94,7 @@ def carve(layers: Iterable[tuple[str, tuple[int, ...], int]], granularity: str =
     granularity: `layer` (one unit per layer), `group` (one per `group_size` input columns) or
     `channel` (one per output row). MACs are shared out in proportion to parameters.
     """
-    if granularity not in GRANULARITIES:
-        raise bad("granularity", granularity, f"allowed: {', '.join(GRANULARITIES)}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise bad("group_size", group_size, "must be a positive integer")
+    check_granularity(granularity, group_size)
     units: list[Unit] = []
     for name, shape, macs in layers:
         shape = tuple(int(s) for s in shape)

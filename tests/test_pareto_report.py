@@ -96,6 +96,23 @@ def test_constraint_holds_along_the_front(capsys, tmp_path, smollm_path, smollm)
     assert uni == {3: "True", 4: "False", 5: "False"}  # every candidate bit-width in the range
 
 
+def test_pareto_takes_the_hardware_constraints_of_solve(capsys, smollm_path, smollm):
+    """`--constraint latency_ms<=... --device ...` means the same problem in pareto as in solve."""
+    hw = ["--constraint", "latency_ms<=1200", "--device", "cortex-m7"]
+    code, cap = cli(capsys, "pareto", "--profile", smollm_path, "--budgets", "3:5:1", "--json", *hw)
+    assert code == 0, cap.err
+    front = json.loads(cap.out)["front"]
+    assert [r["status"] for r in front] == ["optimal"] * 3
+    assert front[-1]["objective"] > bitalloc.solve(smollm, budget=5).objective * (1 + 1e-6)  # latency binds at 5 bits
+    for r in front:
+        code, cap = cli(capsys, "solve", "--profile", smollm_path, "--budget", str(r["budget"]), "--json", *hw)
+        assert code == 0, cap.err
+        a = json.loads(cap.out)
+        assert r["latency_ms"] <= 1200 * (1 + 1e-9)
+        assert r["latency_ms"] == pytest.approx(a["totals"]["latency_ms"], rel=1e-9)
+        assert r["objective"] == pytest.approx(a["objective"], rel=1e-9)
+
+
 def test_pareto_json_matches_solve(capsys, smollm_path, smollm):
     code, cap = cli(capsys, "pareto", "--profile", smollm_path, "--budgets", "3,3.25", "--json")
     assert code == 0, cap.err
@@ -108,8 +125,11 @@ def test_pareto_json_matches_solve(capsys, smollm_path, smollm):
     (["--budgets", "6:2.5:0.25"], "empty or inverted"),
     (["--budgets", "2.5:6:0"], "empty or inverted"),
     (["--budgets", "1:1.5:0.25"], "every budget is infeasible"),
-    (["--budgets", "3:4:1", "--constraint", "latency_ms<=3"], "resource 'latency_ms' unknown"),
-    (["--budgets", "3:4:1", "--constraint", "avg_bits=3"], "RESOURCE<=VALUE"),
+    (["--budgets", "3:4:1", "--constraint", "latency_ms<=3"], "needs a target device"),
+    (["--budgets", "3:4:1", "--constraint", "latency_ms<=3", "--device", "nope"], "nope"),
+    (["--budgets", "3:4:1", "--constraint", "watts<=3"], "allowed (the unit is part of the name)"),
+    (["--budgets", "3:4:1", "--constraint", "avg_bits=3"], "RESOURCE<=NUMBER"),
+    (["--budgets", "3:4:1", "--constraint", "avg_bits<=3", "--cost-option", "reuse_factor=4"], "--cost-option"),
 ])
 def test_pareto_bad_input_writes_nothing(capsys, tmp_path, smollm_path, args, pattern):
     out, plot = tmp_path / "f.csv", tmp_path / "f.png"

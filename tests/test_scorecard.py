@@ -37,3 +37,15 @@ def test_layer_granularity_has_no_within_column():
     r = rank_agreement(measured, measured)
     assert np.isnan(r["spearman_within"]) and r["spearman_units"] == pytest.approx(1.0)
     assert "within layer" not in markdown(card_rows({"m": measured}, measured), "t")
+
+
+def test_scorecard_plot_writes_a_png(tmp_path):
+    from conftest import smollm_profile
+
+    from bitalloc.scorecard import card_rows, plot
+
+    measured, profiles = smollm_profile(0), {"a": smollm_profile(1), "b": smollm_profile(2)}
+    path = tmp_path / "card.png"
+    plot(card_rows(profiles, measured), profiles, measured, "synthetic", path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temp file left

@@ -1,4 +1,5 @@
-"""Arguments and checks shared by the commands that load a real model (profile, scorecard)."""
+"""Arguments and checks shared by the commands: the real-model flags (profile, scorecard), the
+profile to solve, the problem flags (pins, ties, bit limits) and hardware constraints (solve, pareto)."""
 from __future__ import annotations
 
 from ..errors import bad
@@ -47,21 +48,27 @@ def _value(v: str):
     return v
 
 
-def check_model_args(args) -> tuple[int, ...]:
-    """Validate everything that does not need the model, before the (slow) load."""
+def check_model(args) -> None:
+    """--model, --samples and --seq-len, shared by every command that loads a real model."""
     from ..models import MODELS
-    from ..units import GRANULARITIES
 
     if args.model not in MODELS:
         raise bad("--model", args.model, f"allowed: {', '.join(MODELS)}")
-    if args.granularity not in GRANULARITIES:
-        raise bad("--granularity", args.granularity, f"allowed: {', '.join(GRANULARITIES)}")
-    if args.group_size < 1:
-        raise bad("--group-size", args.group_size, "must be a positive integer")
     if args.samples < 1:
         raise bad("--samples", args.samples, "must be at least 1")
     if args.seq_len < 2:
         raise bad("--seq-len", args.seq_len, "must be at least 2")
+
+
+def check_model_args(args) -> tuple[int, ...]:
+    """Validate everything that does not need the model, before the (slow) load."""
+    from ..units import GRANULARITIES
+
+    check_model(args)
+    if args.granularity not in GRANULARITIES:
+        raise bad("--granularity", args.granularity, f"allowed: {', '.join(GRANULARITIES)}")
+    if args.group_size < 1:
+        raise bad("--group-size", args.group_size, "must be a positive integer")
     return parse_bits(args.bits)
 
 
@@ -144,3 +151,77 @@ def fit_reports(constraints) -> dict[str, str]:
     """resource → one line on how its measured device profile was used (after costs were built)."""
     return {c.cost.resource: f"{c.cost.device_profile.path} on {c.cost.device.name}: {c.cost.fit.text()}"
             for c in constraints if getattr(c.cost, "fit", None) is not None}
+
+
+def add_constraint_args(s, what: str = "hardware budget") -> None:
+    """--constraint / --device / --device-profile / --cost-option (parsed by `constraints_from_args`)."""
+    s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=N",
+                   help=f"{what}, unit in the name: latency_ms<=3.5, flash_kb<=512, sram_kb<=128, mcycles<=20, "
+                        "lut<=50000, dsp<=100, bram<=40, avg_bits_with_overhead<=4.5 (repeatable)")
+    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, "
+                                                  "host-cpu, vu9p, z7020 (bitalloc/data/devices)")
+    s.add_argument("--device-profile", default=None, metavar="M.CSV",
+                   help="measured costs (bitalloc measure / an on-device harness); missing rows from the "
+                        "analytic model scaled by a fitted factor; sets --device")
+    s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="cost-model option, e.g. reuse_factor=4 (fpga)")
+
+
+def constraints_from_args(args) -> list:
+    """The Constraints of `--constraint` (with --device, --device-profile, --cost-option), checked."""
+    import inspect
+
+    dp = None
+    if args.device_profile:
+        from ..hwcost.device_profile import DeviceProfile
+
+        dp = DeviceProfile.load(args.device_profile)
+    opts = parse_options(args.cost_option)
+    constraints = [parse_constraint(t, args.device, dp, opts) for t in args.constraint]
+    takes = {p for c in constraints for p in inspect.signature(type(c.cost).__init__).parameters} - {"self"}
+    for key in opts:  # every --cost-option must be taken by at least one constraint's cost model
+        if key not in takes:
+            raise bad("--cost-option", key, f"no --constraint's cost model takes it; they take: {', '.join(sorted(takes)) or 'none'}")
+    return constraints
+
+
+def add_profile_arg(s) -> None:
+    s.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
+
+
+def load_profile(path):
+    """The profile at `path`, or the embedded default one."""
+    from .. import load_default_profile
+    from ..profile import Profile
+
+    return Profile.load(path) if path else load_default_profile()
+
+
+def add_problem_args(s) -> None:
+    """--count-overhead, --pin, --tie, --min-bits, --max-bits (see `problem_options`)."""
+    s.add_argument("--count-overhead", action="store_true",
+                   help="budget counts group scale/zero bits and outliers (ExLlamaV2/llama.cpp style)")
+    s.add_argument("--pin", action="append", default=[], metavar="GLOB=BITS", help="fix matching units' bits")
+    s.add_argument("--tie", action="append", default=[], metavar="A,B,C",
+                   help="units differing only in these name parts share bits, e.g. q_proj,k_proj,v_proj")
+    s.add_argument("--min-bits", type=int, default=None)
+    s.add_argument("--max-bits", type=int, default=None)
+
+
+def problem_options(args, profile) -> dict:
+    """Problem keyword arguments from the flags of `add_problem_args` (pins, ties, bit limits)."""
+    from ..problem import tie_groups
+
+    pins = {}
+    for item in args.pin:
+        pattern, sep, cand = item.rpartition("=")
+        if not sep or not pattern or not cand:
+            raise bad("--pin", item, "must be GLOB=BITS, e.g. 'lm_head=8' or '*.0.*=8'")
+        pins[pattern] = cand
+    ties = []
+    for spec in args.tie:
+        toks = [t.strip() for t in spec.split(",") if t.strip()]
+        if len(toks) < 2:
+            raise bad("--tie", spec, "must name at least two name parts, e.g. q_proj,k_proj,v_proj")
+        ties += tie_groups(profile.names, toks)
+    return dict(pins=pins, ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)

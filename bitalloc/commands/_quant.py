@@ -1,8 +1,6 @@
 """Arguments shared by `bitalloc apply` and `bitalloc verify`: the model, the allocation and the quantizer."""
 from __future__ import annotations
 
-from ..errors import bad
-
 
 def add_quant_args(p) -> None:
     p.add_argument("--model", required=True, help="smollm2, minilm or digits-cnn")
@@ -21,16 +19,10 @@ def add_quant_args(p) -> None:
 def check_quant_args(args) -> dict:
     """Validate what needs no model; returns the keyword arguments of bitalloc.apply."""
     from ..apply import Settings
-    from ..models import MODELS
     from ..quantizers import QUANTIZERS
-    from ._common import parse_options
+    from ._common import check_model, parse_options
 
-    if args.model not in MODELS:
-        raise bad("--model", args.model, f"allowed: {', '.join(MODELS)}")
-    if args.samples < 1:
-        raise bad("--samples", args.samples, "must be at least 1")
-    if args.seq_len < 2:
-        raise bad("--seq-len", args.seq_len, "must be at least 2")
+    check_model(args)
     QUANTIZERS.get(args.quantizer)
     options = parse_options(args.option)
     Settings(args.quantizer, options, args.group_size, args.symmetric, args.zero)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import sys
 
+from ._common import add_profile_arg
+
 
 def add_parser(sub) -> None:
     s = sub.add_parser("mcu", help="on-device profiling flow: plan the kernels to measure")
     mcu = s.add_subparsers(dest="mcu_cmd", required=True, parser_class=sub._parser_class)
     p = mcu.add_parser("plan", help="write the deduplicated list of kernels to time on the device")
-    p.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
+    add_profile_arg(p)
     p.add_argument("--device", required=True, help="target device (bitalloc/data/devices), e.g. cortex-m7")
     p.add_argument("--out", required=True, help="plan CSV to write")
     p.add_argument("--force", action="store_true", help="overwrite --out")
@@ -19,16 +21,12 @@ def run_plan(args) -> int:
     from ..fileio import check_writable
     from ..hwcost.devices import load_device
     from ..hwcost.plan import make_plan, write_plan
-    from ..profile import Profile
+
+    from ._common import load_profile
 
     device = load_device(args.device)
     check_writable(args.out, args.force)
-    if args.profile:
-        profile = Profile.load(args.profile)
-    else:
-        from ..data import default_profile_path
-
-        profile = Profile.load(default_profile_path())
+    profile = load_profile(args.profile)
     entries = make_plan(profile, device)
     header = {"device": device.name, "profile": args.profile or "(embedded)", "model": profile.meta.get("model", "")}
     write_plan(args.out, header, entries, args.force)

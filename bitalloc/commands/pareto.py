@@ -2,26 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 from ..errors import bad
-from .solve import _pins, _tie_tokens
-
-_CONSTRAINT = re.compile(r"^\s*(?P<res>[A-Za-z_][\w]*)\s*<=\s*(?P<val>[^\s]+)\s*$")
+from ._common import add_constraint_args, add_problem_args, add_profile_arg
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("pareto", help="exact front of expected loss against bits per weight, with uniform allocations")
-    s.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
+    add_profile_arg(s)
     s.add_argument("--budgets", required=True, help="START:STOP:STEP average bits per weight (e.g. 2.5:6:0.25), or a comma list")
-    s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=VALUE",
-                   help="a further budget held fixed along the front, e.g. avg_bits_with_overhead<=4.5")
-    s.add_argument("--count-overhead", action="store_true", help="sweep bits per weight including group scales/zeros")
-    s.add_argument("--pin", action="append", default=[], metavar="GLOB=BITS")
-    s.add_argument("--tie", action="append", default=[], metavar="A,B,C")
-    s.add_argument("--min-bits", type=int, default=None)
-    s.add_argument("--max-bits", type=int, default=None)
+    add_constraint_args(s, "a further budget held fixed along the front (as in bitalloc solve)")
+    add_problem_args(s)
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
     s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
     s.add_argument("--out", help="front as CSV")
@@ -32,51 +24,25 @@ def add_parser(sub) -> None:
     s.set_defaults(func=run)
 
 
-def constraints(items: list[str]) -> list:
-    """`RESOURCE<=VALUE` → Constraint; resources: those of the memory cost model."""
-    from ..hwcost.memory import MemoryCost
-    from ..problem import Constraint
-
-    models = {"avg_bits": MemoryCost(), "avg_bits_with_overhead": MemoryCost(count_overhead=True)}
-    out = []
-    for item in items:
-        m = _CONSTRAINT.match(item)
-        if not m:
-            raise bad("--constraint", item, "must be RESOURCE<=VALUE, e.g. avg_bits_with_overhead<=4.5")
-        if m["res"] not in models:
-            raise bad("--constraint", item, f"resource {m['res']!r} unknown; allowed: {', '.join(models)}")
-        try:
-            value = float(m["val"])
-        except ValueError:
-            raise bad("--constraint", item, "the value must be a number") from None
-        out.append(Constraint(models[m["res"]], value))
-    return out
-
-
 def run(args) -> int:
     from ..fileio import check_writable, dumps
     from ..front import budget_range, exact_front, uniform_points, write_csv
     from ..hwcost.memory import MemoryCost
-    from ..problem import Constraint, Problem, tie_groups
-    from ..profile import Profile
+    from ..problem import Constraint, Problem
+
+    from ._common import constraints_from_args, fit_reports, load_profile, problem_options
 
     budgets = budget_range(args.budgets)
-    extra = constraints(args.constraint)
+    extra = constraints_from_args(args)
     for path in (args.out, args.plot):
         if path:
             check_writable(path, args.force)
     if args.out and args.plot and args.out == args.plot:
         raise bad("--plot", args.plot, "must differ from --out")
     opts = {k: v for k, v in (("backend", args.backend), ("time_limit", args.time_limit)) if v is not None}
-    if args.profile:
-        profile = Profile.load(args.profile)
-    else:
-        from ..data import default_profile_path
-
-        profile = Profile.load(default_profile_path())
-    ties = [g for spec in args.tie for g in tie_groups(profile.names, _tie_tokens(spec))]
+    profile = load_profile(args.profile)
     problem = Problem(profile, [Constraint(MemoryCost(count_overhead=args.count_overhead), budgets[0]), *extra],
-                      pins=_pins(args.pin), ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)
+                      **problem_options(args, profile))
     rows = exact_front(problem, budgets, **opts)
     uniform = uniform_points(problem, min(budgets), max(budgets))
     if not any(r["status"] != "infeasible" for r in rows):
@@ -94,6 +60,8 @@ def run(args) -> int:
     if args.json:
         sys.stdout.write(dumps({"front": rows, "uniform": uniform}))
     else:
+        for res, line in fit_reports(problem.constraints).items():
+            print(f"{res}: {line}", file=sys.stderr)
         _table(rows, uniform, problem.constraints[0].cost.resource)
         for path in (args.out, args.plot):
             if path:

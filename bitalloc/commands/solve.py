@@ -9,35 +9,21 @@ from pathlib import Path
 
 from ..errors import BitallocError, bad
 from . import _optuna
+from ._common import add_constraint_args, add_problem_args, add_profile_arg
 
 
 def add_parser(sub) -> None:
     s = sub.add_parser("solve", help="solve a profile under budgets")
-    s.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
+    add_profile_arg(s)
     s.add_argument("--budget", default=None, help="average bits per weight; several: 2.5,3,3.25,4")
-    s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=N",
-                   help="hardware budget, unit in the name: latency_ms<=3.5, flash_kb<=512, sram_kb<=128, "
-                        "mcycles<=20, lut<=50000, dsp<=100, bram<=40 (repeatable)")
-    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, "
-                                                  "host-cpu, vu9p, z7020 (bitalloc/data/devices)")
-    s.add_argument("--device-profile", default=None, metavar="M.CSV",
-                   help="measured costs (bitalloc measure / an on-device harness); missing rows from the "
-                        "analytic model scaled by a fitted factor; sets --device")
-    s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="cost-model option, e.g. reuse_factor=4 (fpga)")
+    add_constraint_args(s)
     s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy, dmmv (min-max) or optuna")
     s.add_argument("--objective", default=None,
                    help="sum (total expected loss; default) or max (worst unit's loss; default for dmmv)")
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
     s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
     s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
-    s.add_argument("--count-overhead", action="store_true",
-                   help="budget counts group scale/zero bits and outliers (ExLlamaV2/llama.cpp style)")
-    s.add_argument("--pin", action="append", default=[], metavar="GLOB=BITS", help="fix matching units' bits")
-    s.add_argument("--tie", action="append", default=[], metavar="A,B,C",
-                   help="units differing only in these name parts share bits, e.g. q_proj,k_proj,v_proj")
-    s.add_argument("--min-bits", type=int, default=None)
-    s.add_argument("--max-bits", type=int, default=None)
+    add_problem_args(s)
     s.add_argument("--out", help="write the allocation JSON (several budgets: {budget} in the name, or .b<budget> is added)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     s.add_argument("--json", action="store_true", help="print the allocation(s) as JSON instead of tables")
@@ -57,35 +43,17 @@ def _budgets(text: str) -> list[float]:
     return out
 
 
-def _pins(items: list[str]) -> dict[str, str]:
-    pins = {}
-    for item in items:
-        pattern, sep, cand = item.rpartition("=")
-        if not sep or not pattern or not cand:
-            raise bad("--pin", item, "must be GLOB=BITS, e.g. 'lm_head=8' or '*.0.*=8'")
-        pins[pattern] = cand
-    return pins
-
-
 def run(args) -> int:
     from ..fileio import dumps
-    from ..problem import Problem, tie_groups
-    from ..profile import Profile
+    from ..problem import Problem
     from ..solvers import SOLVERS, get_solver
 
-    from ._common import fit_reports, parse_constraint, parse_options
+    from ._common import constraints_from_args, fit_reports, load_profile, problem_options
 
     if args.budget is None and not args.constraint:
         raise bad("--budget/--constraint", None, "give --budget (bits per weight) and/or --constraint RESOURCE<=N")
     budgets = _budgets(args.budget) if args.budget is not None else [None]
-    dp = None
-    if args.device_profile:
-        from ..hwcost.device_profile import DeviceProfile
-
-        dp = DeviceProfile.load(args.device_profile)
-    cost_opts = parse_options(args.cost_option)
-    constraints = [parse_constraint(t, args.device, dp, cost_opts) for t in args.constraint]
-    _check_cost_options(cost_opts, constraints)
+    constraints = constraints_from_args(args)
     SOLVERS.get(args.solver)
     opts = {}
     if args.time_limit is not None:
@@ -101,15 +69,8 @@ def run(args) -> int:
     solver = get_solver(args.solver, **opts)
     outs = _out_paths(args.out, budgets, args.force) if args.out else []
 
-    if args.profile:
-        profile = Profile.load(args.profile)
-    else:
-        from ..data import default_profile_path
-
-        profile = Profile.load(default_profile_path())
-    ties = [g for spec in args.tie for g in tie_groups(profile.names, _tie_tokens(spec))]
-    objective = args.objective or ("max" if args.solver == "dmmv" else "sum")
-    kw = dict(pins=_pins(args.pin), ties=ties, min_bits=args.min_bits, max_bits=args.max_bits, objective=objective)
+    profile = load_profile(args.profile)
+    kw = dict(problem_options(args, profile), objective=args.objective or ("max" if args.solver == "dmmv" else "sum"))
     if args.budget is not None:
         problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, **kw)
         problem = replace(problem, constraints=[*problem.constraints, *constraints])
@@ -161,23 +122,6 @@ def run(args) -> int:
         for path in outs:
             print(f"wrote {path}")
     return 0
-
-
-def _check_cost_options(opts: dict, constraints) -> None:
-    """Every --cost-option must be taken by at least one constraint's cost model."""
-    import inspect
-
-    takes = {p for c in constraints for p in inspect.signature(type(c.cost).__init__).parameters} - {"self"}
-    for key in opts:
-        if key not in takes:
-            raise bad("--cost-option", key, f"no --constraint's cost model takes it; they take: {', '.join(sorted(takes)) or 'none'}")
-
-
-def _tie_tokens(spec: str) -> list[str]:
-    toks = [t.strip() for t in spec.split(",") if t.strip()]
-    if len(toks) < 2:
-        raise bad("--tie", spec, "must name at least two name parts, e.g. q_proj,k_proj,v_proj")
-    return toks
 
 
 def _out_paths(out: str, budgets: list[float], force: bool) -> list[Path]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BitallocError
-from ..fileio import atomic_write, dumps, read_json
+from ..fileio import atomic_write, dumps, read_json, read_text
 
 SCHEMA = "bitalloc.device_profile/1"
 COLUMNS = ("layer", "op", "macs", "w_bits", "a_bits", "group", "kernel", "metric", "value", "unit", "stat", "n", "status")
@@ -108,12 +108,7 @@ class DeviceProfile:
 
     @classmethod
     def _read_csv(cls, p: Path) -> "DeviceProfile":
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise BitallocError(f"device profile {str(p)!r}: no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise BitallocError(f"device profile {str(p)!r}: cannot be read ({e})") from None
+        text = read_text(p, "device profile")
         self = cls(str(p), {}, [])
         lines = text.splitlines(keepends=True)
         if not text or not text.endswith("\n"):

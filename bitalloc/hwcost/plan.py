@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BitallocError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_text
 
 SCHEMA = "bitalloc.plan/1"
 COLUMNS = ("id", "op", "shape", "macs", "w_bits", "a_bits", "group", "kernel", "format", "layers")
@@ -89,12 +89,7 @@ def read_plan(path) -> tuple[dict, list[PlanEntry]]:
     """(header, entries); any defect is one BitallocError naming the file, the row and the field."""
     p = Path(path)
     where = f"plan {str(p)!r}"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BitallocError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BitallocError(f"{where}: cannot be read ({e})") from None
+    text = read_text(p, "plan")
     if not text.endswith("\n"):
         raise BitallocError(f"{where}: the file is truncated (a complete file ends with a newline)")
     lines = text.splitlines(keepends=True)

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import bad
 from ..profile import Profile
 from ..quant import scorer_for
-from ..units import GRANULARITIES, Unit
+from ..units import Unit, check_granularity
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
@@ -46,10 +46,7 @@ class Estimator(ABC):
         infos = [parse_format(b) for b in cands]
         if len({i.name for i in infos}) != len(infos):
             raise bad("bits", list(cands), "each candidate must appear once")
-        if granularity not in GRANULARITIES:
-            raise bad("granularity", granularity, f"allowed: {', '.join(GRANULARITIES)}")
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise bad("group_size", group_size, "must be a positive integer")
+        check_granularity(granularity, group_size)
         self.bits = tuple(i.bits for i in infos)
         self.formats = tuple(i.name for i in infos)
         self.granularity, self.group_size = granularity, group_size
