@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
     s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=N",
                    help="hardware budget, unit in the name: latency_ms<=3.5, flash_kb<=512, sram_kb<=128, "
                         "mcycles<=20, lut<=50000, dsp<=100, bram<=40 (repeatable)")
-    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, "
-                                                  "host-cpu, vu9p, z7020 (bitalloc/data/devices)")
+    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, h100, "
+                                                  "b200, host-cpu, vu9p, z7020 (bitalloc/data/devices)")
     s.add_argument("--device-profile", default=None, metavar="M.CSV",
                    help="measured costs (bitalloc measure / an on-device harness); missing rows from the "
                         "analytic model scaled by a fitted factor; sets --device")
