@@ -22,7 +22,7 @@ import numpy as np
 
 from .allocation import Allocation
 from .errors import BitallocError, bad
-from .pack import SCALE_DTYPE, UnitCode
+from .pack import SCALE_DTYPE, UnitCode, block_scale_tensors, is_block_float
 from .profile import default_format
 from .quant import ZERO_KINDS, quantizer_for
 from .units import Unit, carve
@@ -210,6 +210,8 @@ def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None) 
     if lo + offset < 0 or hi + offset >= 2 ** bits:
         raise BitallocError(f"unit {u.name!r}: quantizer {wq.name!r} gave levels {lo}..{hi}, outside {bits} bits")
     rec["offset"] = offset
+    if is_block_float(fmt):
+        return block_float_code(rec, q, scale, quant, w)
     scale = np.asarray(scale, dtype=np.float32).astype(SCALE_DTYPE).astype(np.float32)
     if not np.isfinite(scale).all():
         raise BitallocError(f"unit {u.name!r}: a group scale exceeds the float16 range")
@@ -221,6 +223,15 @@ def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None) 
         zero = np.asarray(zero, dtype=np.float32)
     return UnitCode(rec, q=q.astype(np.int8 if bits <= 7 else np.int16 if bits <= 15 else np.int32),
                     scale=scale, zero=zero)
+
+
+def block_float_code(rec: dict, q: np.ndarray, scale, quant, w: np.ndarray) -> UnitCode:
+    """A minifloat unit's codes with its scales kept exactly as the format stores them (FP32, E8M0,
+    NVFP4's E4M3 block scales and FP32 tensor scale of this unit's block); no zero-point."""
+    t = float(quant.tensor_scale(w)) if hasattr(quant, "tensor_scale") else None
+    scale = np.asarray(scale, dtype=np.float32)
+    block_scale_tensors(rec["name"], rec["format"], scale, t)  # raises if not exactly storable
+    return UnitCode(rec, q=q.astype(np.int8 if rec["bits"] <= 7 else np.int16), scale=scale, tensor_scale=t)
 
 
 def decode_unit(code: UnitCode, settings: dict) -> np.ndarray:

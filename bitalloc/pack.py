@@ -8,6 +8,11 @@ Per quantized unit `U` (a layer, `layer:gN` or `layer:cN`):
 - `U.zero`: an integer zero-point packed like the levels at `bits` bits (uint8), or a float
   minimum as float16 (rows, n_groups); absent for symmetric quantizers;
 - `U.weight`: float16 (rows, cols) instead of the three above for a unit kept in floating point.
+Minifloat formats (bitalloc/formats) store their element codes in `U.q` the same way (at the
+element bits) and their scales in the format's own storage form, with no `U.zero`: per-group FP
+`U.scale` float32; OCP MX `U.scale` uint8 E8M0 (the power-of-two exponent + 127); NVFP4 `U.scale`
+uint8 E4M3 codes of the block scales and `U.tscale` the (1,) float32 tensor scale. So the bytes
+of a unit's tensors are exactly its format's `storage_bits` (see `block_scale_tensors`).
 
 Metadata (all strings): `format` = `bitalloc.packed/1`, `allocation` (the allocation JSON),
 `quantizer` (name, options, group_size, symmetric, zero), `units` (one record per unit: name,
@@ -64,6 +69,7 @@ class UnitCode:
     scale: np.ndarray | None = None
     zero: np.ndarray | None = None
     weight: np.ndarray | None = None
+    tensor_scale: float | None = None  # NVFP4: the FP32 per-tensor scale (scale = block scale · it)
 
     @property
     def name(self) -> str:
@@ -83,6 +89,9 @@ def tensors_of(codes: list[UnitCode], settings: dict) -> dict[str, np.ndarray]:
             out[f"{n}.weight"] = np.ascontiguousarray(c.weight, dtype=np.float16)
             continue
         out[f"{n}.q"] = pack_levels(c.q + int(c.record.get("offset", 0)), c.bits)
+        if is_block_float(c.record.get("format")):
+            out.update(block_scale_tensors(n, c.record["format"], c.scale, c.tensor_scale))
+            continue
         out[f"{n}.scale"] = np.ascontiguousarray(c.scale, dtype=SCALE_DTYPE)
         if c.zero is not None:
             if settings.get("zero") == "int":
@@ -188,6 +197,11 @@ def _decode_unit(r: dict, tensors: dict, settings: dict) -> UnitCode:
         if f"{name}.{part}" not in tensors:
             raise BitallocError(f"unit {name!r}: tensor {name}.{part} is missing")
     q = unpack_levels(tensors[f"{name}.q"], bits, rows * cols).reshape(rows, cols) - int(r.get("offset", 0))
+    if is_block_float(r.get("format")):
+        scale, t = read_block_scales(name, r["format"], tensors)
+        if scale.ndim != 2 or scale.shape[0] != rows:
+            raise BitallocError(f"unit {name!r}: scale of shape {scale.shape} does not fit {rows} rows")
+        return UnitCode(r, q=q, scale=scale, tensor_scale=t)
     scale = tensors[f"{name}.scale"].astype(np.float32)
     if scale.ndim != 2 or scale.shape[0] != rows:
         raise BitallocError(f"unit {name!r}: scale of shape {scale.shape} does not fit {rows} rows")
@@ -203,3 +217,61 @@ def _decode_unit(r: dict, tensors: dict, settings: dict) -> UnitCode:
         if zero.shape != scale.shape:
             raise BitallocError(f"unit {name!r}: zero of shape {zero.shape}, expected {scale.shape}")
     return UnitCode(r, q=q, scale=scale, zero=zero)
+
+
+def is_block_float(fmt) -> bool:
+    """True for the minifloat formats (per-group FP, OCP MX, NVFP4), whose scales are stored in
+    their own form (see the module docstring); False for integers, kept floats and unknown names."""
+    from .quant import format_family
+
+    try:
+        return format_family(fmt) in ("fp", "mx", "nvfp4")
+    except BitallocError:
+        return False
+
+
+def block_scale_tensors(name: str, fmt: str, scale: np.ndarray, tensor_scale=None) -> dict[str, np.ndarray]:
+    """The stored scale tensors of a minifloat unit: `scale` (rows, n_blocks) float32 as the
+    quantizer made it; tensor_scale: NVFP4's FP32 per-tensor scale. Raises if a scale is not
+    exactly representable in the format's storage form (the file must decode to the same weights)."""
+    from .formats.minifloat import E4M3
+    from .formats.mx import E8M0_MAX, E8M0_MIN
+    from .quant import format_family
+
+    scale = np.asarray(scale, dtype=np.float32)
+    fam = format_family(fmt)
+    if fam == "fp":
+        return {f"{name}.scale": np.ascontiguousarray(scale)}
+    if fam == "mx":
+        m, e = np.frexp(scale)  # 2^k = 0.5 · 2^(k+1)
+        k = e.astype(np.int64) - 1
+        if not (np.all(m == 0.5) and k.min(initial=0) >= E8M0_MIN and k.max(initial=0) <= E8M0_MAX):
+            raise BitallocError(f"unit {name!r}: an MX block scale is not a power of two in [2^-127, 2^127] (E8M0)")
+        return {f"{name}.scale": (k - E8M0_MIN).astype(np.uint8)}
+    t = np.float32(0 if tensor_scale is None else tensor_scale)
+    b = scale / t if t > 0 else np.zeros_like(scale)
+    codes = E4M3.encode(b).astype(np.uint8)
+    if tensor_scale is None or not np.array_equal(E4M3.values[codes] * t, scale):
+        raise BitallocError(f"unit {name!r}: the NVFP4 scales are not E4M3 block scales times one FP32 tensor scale")
+    return {f"{name}.scale": codes, f"{name}.tscale": np.array([t], dtype=np.float32)}
+
+
+def read_block_scales(name: str, fmt: str, tensors: dict) -> tuple[np.ndarray, float | None]:
+    """Inverse of `block_scale_tensors`: (scale (rows, n_blocks) float32, NVFP4 tensor scale or None)."""
+    from .formats.minifloat import E4M3
+    from .formats.mx import E8M0_MIN
+    from .quant import format_family
+
+    fam = format_family(fmt)
+    want = {"fp": np.float32, "mx": np.uint8, "nvfp4": np.uint8}[fam]
+    s = tensors[f"{name}.scale"]
+    if s.dtype != want:
+        raise BitallocError(f"unit {name!r}: {fam} scales stored as {s.dtype}, expected {np.dtype(want)}")
+    if fam == "fp":
+        return s.astype(np.float32), None
+    if fam == "mx":
+        return np.ldexp(np.float32(1), s.astype(np.int32) + E8M0_MIN).astype(np.float32), None
+    t = tensors.get(f"{name}.tscale")
+    if t is None or t.dtype != np.float32 or t.shape != (1,):
+        raise BitallocError(f"unit {name!r}: the NVFP4 tensor scale {name}.tscale is missing or not one float32")
+    return (E4M3.values[s] * t[0]).astype(np.float32), float(t[0])

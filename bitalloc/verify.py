@@ -49,7 +49,7 @@ class BudgetReport:
         return not self.failures
 
 
-def profile_of(records: list[dict], group_size: int):
+def profile_of(records: list[dict], group_size: int, symmetric: bool = False):
     """(Profile with one zero-score candidate per distinct (bits, format), choice (N,)) for
     cost models to price the measured bits of these unit records."""
     from .profile import Profile
@@ -62,7 +62,7 @@ def profile_of(records: list[dict], group_size: int):
                   axis=r.get("axis")) for r in records]
     choice = np.array([index[(int(r["bits"]), r["format"])] for r in records], dtype=np.int64)
     p = Profile(units, [b for b, _ in cands], np.zeros((len(units), len(cands))), formats=[f for _, f in cands],
-                meta={"group_size": group_size})
+                meta={"group_size": group_size, "symmetric": symmetric})
     return p, choice
 
 
@@ -115,16 +115,18 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
             if qbytes != -(-n * b // 8):
                 failures.append(f"unit {name}: packed levels take {qbytes} bytes, {b} bits x {n} weights need {-(-n * b // 8)}")
             level_bits = n * b
-            meta_bits = sum(packed.tensors[f"{name}.{p}"].nbytes * 8 for p in ("scale", "zero") if f"{name}.{p}" in packed.tensors)
-            levels = max_distinct_per_group(block, g)
+            meta_bits = sum(packed.tensors[f"{name}.{p}"].nbytes * 8 for p in META_PARTS if f"{name}.{p}" in packed.tensors)
+            gb = scale_block(r["format"], g)
+            levels = max_distinct_per_group(block, gb)
             if levels > 2 ** b:
-                failures.append(f"unit {name}: a group of {g} columns holds {levels} distinct values > 2^{b} = {2 ** b}")
+                failures.append(f"unit {name}: a block of {gb} columns holds {levels} distinct values > 2^{b} = {2 ** b}")
+            failures += storage_failures(r, level_bits + meta_bits, settings)
         rows.append({"name": name, "bits": b, "n_params": n, "level_bits": level_bits, "meta_bits": meta_bits,
                      "max_levels": levels})
     n_total = sum(u["n_params"] for u in rows)
     measured = {"avg_bits": sum(u["level_bits"] for u in rows) / n_total,
                 "avg_bits_with_overhead": sum(u["level_bits"] + u["meta_bits"] for u in rows) / n_total}
-    profile, choice = profile_of([c.record for c in packed.codes], g)
+    profile, choice = profile_of([c.record for c in packed.codes], g, bool(settings.get("symmetric")))
     totals = {"n_params": n_total, **measured,
               "file_bits_per_weight": sum(t.nbytes for t in packed.tensors.values()) * 8 / n_total,
               "memory_cost_avg_bits": MemoryCost().total(profile, choice),
@@ -150,6 +152,35 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
             failures.append(f"budget {bud['resource']}: {bud['total']:.6g} > {bud['budget']:.6g} "
                             f"(from the {bud['source']}, {n_total:,} weights; largest units: {shown})")
     return BudgetReport(rows, totals, budgets, failures)
+
+
+META_PARTS = ("scale", "zero", "tscale")  # a unit's tensors besides its levels (pack.py)
+
+
+def scale_block(fmt, group_size: int) -> int:
+    """Input columns that share one scale in format `fmt` (MX 32, NVFP4 16, `_g<N>`, else group_size)."""
+    from .quant import format_info
+
+    try:
+        return format_info(fmt).block or group_size
+    except BitallocError:
+        return group_size
+
+
+def storage_failures(record: dict, stored_bits: int, settings: dict) -> list[str]:
+    """For a minifloat unit (per-group FP, MX, NVFP4): [a failure] unless its packed levels and
+    scales take exactly its format's `storage_bits` (what MemoryCost with overhead charges)."""
+    from .pack import is_block_float
+    from .quant import quantizer_for
+
+    if not is_block_float(record["format"]):
+        return []
+    rows, cols = (int(x) for x in record["shape"])
+    want = int(quantizer_for(record["format"], int(settings["group_size"])).storage_bits(rows, cols))
+    if stored_bits != want:
+        return [f"unit {record['name']}: {record['format']} levels and scales take {stored_bits} bits, "
+                f"the format stores {want}"]
+    return []
 
 
 def max_distinct_per_group(block: np.ndarray, group_size: int) -> int:

@@ -158,7 +158,7 @@ def add_constraint_args(s, what: str = "hardware budget") -> None:
     s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=N",
                    help=f"{what}, unit in the name: latency_ms<=3.5, flash_kb<=512, sram_kb<=128, mcycles<=20, "
                         "lut<=50000, dsp<=100, bram<=40, avg_bits_with_overhead<=4.5 (repeatable)")
-    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, "
+    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, h100, b200, "
                                                   "host-cpu, vu9p, z7020 (bitalloc/data/devices)")
     s.add_argument("--device-profile", default=None, metavar="M.CSV",
                    help="measured costs (bitalloc measure / an on-device harness); missing rows from the "

@@ -39,7 +39,7 @@ class TextExporter(Exporter):
         from ..fileio import atomic_write, check_writable
 
         check_writable(out, force)
-        bits = layer_bits(allocation)
+        bits = layer_bits(allocation, what=f"{self.name} export")
         data, notes, summary = self.render(bits)
         path = atomic_write(out, data, force)
         return ExportResult(Path(path), self.name, len(bits), tuple(notes), summary)
@@ -49,18 +49,22 @@ class TextExporter(Exporter):
         """(file contents, notes, summary) for unit name → bits."""
 
 
-def layer_bits(allocation) -> dict[str, int]:
+def layer_bits(allocation, accept: tuple[str, ...] = (), what: str = "export formats") -> dict[str, int]:
     """unit name → bits from an Allocation, a path to one, or a dict; refuses group/channel units
-    (these formats take one bit-width per module) and an empty allocation."""
+    (these formats take one bit-width per module), an empty allocation, and number formats other
+    than integers, fp16 and `accept` (what the target can express; `what` names the target)."""
     if isinstance(allocation, (str, Path)):
         allocation = Allocation.load(allocation)
     if isinstance(allocation, Allocation):
         if not allocation.ok:
             raise bad("allocation status", allocation.status, "has no solution to export")
-        odd = {n: f for n, f in (allocation.formats or {}).items() if not (f.startswith("int") or f.startswith("fp16"))}
+        odd = {n: f for n, f in (allocation.formats or {}).items()
+               if not (f.startswith("int") or f.startswith("fp16") or f in accept)}
         if odd:
             name = next(iter(odd))
-            raise bad(f"allocation format of {name!r}", odd[name], "export formats take integer bit-widths (int2..int8, fp16)")
+            extra = "".join(f", {a}" for a in accept)
+            raise bad(f"allocation format of {name!r}", odd[name], f"{what} takes integer bit-widths (int2..int8, fp16{extra}); "
+                      f"{len(odd)} unit(s) use other number formats")
         bits = dict(allocation.bits)
     elif isinstance(allocation, dict):
         bits = dict(allocation)
@@ -75,6 +79,14 @@ def layer_bits(allocation) -> dict[str, int]:
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32:
             raise bad(f"allocation bits of {name!r}", b, "must be an integer from 1 to 32")
     return bits
+
+
+def allocation_formats(allocation) -> dict[str, str]:
+    """unit name → number format of an Allocation or a path to one ({} for a plain bits dict or
+    an allocation without formats: every unit is then an integer width)."""
+    if isinstance(allocation, (str, Path)):
+        allocation = Allocation.load(allocation)
+    return dict(allocation.formats or {}) if isinstance(allocation, Allocation) else {}
 
 
 def fit_bits(bits: dict[str, int], allowed: tuple[int, ...], what: str, round_up: bool) -> tuple[dict[str, int], list[str]]:

@@ -15,7 +15,8 @@ K-quants pack 256 weights of one row per block, the legacy types 32, so a row le
 dimension, GGUF ne0) that is not a multiple of 256 cannot take a K-quant: GGML has no 2- or
 3-bit type with 32-weight blocks, so such units fall back to Q4_0 — as llama-quantize does
 (its own fallback also sends Q4_K to Q5_0 and Q5_K to Q5_1; the table above keeps the nearest
-size instead). bpw counts the block scales and minimums.
+size instead). bpw counts the block scales and minimums. Units in the `mxfp4` number format
+take GGML's MXFP4 (32-weight blocks, an E8M0 byte each: 4.25 bpw; F16 when the row does not fit).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ TYPE_FOR_BITS: dict[int, tuple[str, ...]] = {
 # text formats need not import gguf).
 BLOCK = {"Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
          "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
-         "F16": (1, 2), "F32": (1, 4), "BF16": (1, 2)}
+         "MXFP4": (32, 17), "F16": (1, 2), "F32": (1, 4), "BF16": (1, 2)}
 
 
 def bpw(qtype: str) -> float:

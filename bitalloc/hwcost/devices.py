@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -66,7 +67,10 @@ class Device:
     bram18: int | None = None
 
     def kernel_for(self, fmt: str) -> Kernel | None:
-        return next((k for k in self.kernels if fmt in k.formats), None)
+        """The kernel listing `fmt`, else the one listing it without a `_g<N>` group suffix."""
+        base = re.sub(r"_g\d+$", "", str(fmt))
+        return next((k for k in self.kernels if fmt in k.formats), None) or \
+            next((k for k in self.kernels if base in k.formats), None)
 
     def kernels_of(self, profile) -> list[Kernel | None]:
         """(K,) kernel of each candidate of `profile` (None: no kernel on this target)."""

@@ -17,7 +17,9 @@ multiplier is reused R times per inference, as in hls4ml):
 - weights are constants in the fabric at R = 1 (no BRAM); at R > 1 they sit in BRAM18
   (18 Kib, up to 36 bits wide): max(ceil(n_params · b_w / R / 36), ceil(n_params · b_w / 18432)).
 
-Candidates in a floating-point format are priced as b-bit fixed point (hls4ml ap_fixed).
+Candidates kept in floating point (fp16/bf16/fp32) are priced as b-bit fixed point (hls4ml
+ap_fixed). Minifloat, OCP MX and NVFP4 candidates are infeasible: hls4ml's io_parallel layers
+take ap_fixed/ap_int weights, with no minifloat element or shared block-scale datapath.
 A unit gets its share of its layer. Metrics: `lut`, `dsp`, `bram` (BRAM18 blocks).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..errors import bad
 from . import register
 from .layers import layer_view
 from .target import TargetCost
+from .weight_bytes import MINIFLOAT, family_of
 
 METRICS = ("lut", "dsp", "bram")
 # dsp type → (A, B) multiplier port widths, multiplies packed per slice when both widths <= 8
@@ -62,8 +65,8 @@ class FpgaCost(TargetCost):
         self.reuse_factor, self.a_bits_fixed, self.lut_max_bits = reuse_factor, a_bits, lut_max_bits
         self.lut_per_bit_product, self.dsp_type = lut_per_bit_product, dsp_type
 
-    def kernels(self, profile):  # every width is synthesizable: no infeasible candidate
-        return [True] * len(profile.bits)
+    def kernels(self, profile):  # every fixed-point width is synthesizable; minifloat formats are not
+        return [None if family_of(f) in MINIFLOAT else True for f in profile.formats]
 
     def dsps_per_multiply(self, b_w: int) -> float:
         (A, B), pack = DSP_TYPES[self.dsp_type]

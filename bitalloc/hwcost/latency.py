@@ -3,10 +3,13 @@
 Per layer at candidate k, on the kernel the device runs for k's format (bitalloc/data/devices):
 
     t = max(bytes moved / bandwidth, compute time) + per-layer overhead
-    bytes moved = weights (n_params · bits / 8) + per-channel scales (4 bytes per output channel
-                  for integer formats) + activations read and written
+    bytes moved = weights (weight_bytes.py: n_params · bits / 8 + 4 bytes of scale per output
+                  channel for integer formats; the exact storage, elements plus block scales,
+                  for minifloat, MX and NVFP4 formats) + activations read and written
                   (positions · (inputs + outputs) · a_bits / 8, positions = MACs / weights)
-    compute time = MACs / peak (macs_per_s, or clock_hz / cycles_per_mac) + unpacking
+    compute time = MACs / peak of the kernel for the format (macs_per_s, or clock_hz /
+                  cycles_per_mac: FP8 tensor cores on h100, FP4/FP6/MX on b200; a format
+                  without a kernel, e.g. any minifloat on a Cortex-M, is infeasible) + unpacking
                   (weights / unpack rate) for sub-byte kernels
 
 With a device profile (`device_profile=`), measured rows replace the analytic figures and the
@@ -21,6 +24,7 @@ from ..errors import bad
 from . import register
 from .layers import layer_view
 from .target import TargetCost
+from .weight_bytes import layer_weight_bytes
 
 SCALE_BYTES = 4  # per output channel of an integer-format layer (int32 multiplier or fp32 scale)
 
@@ -44,9 +48,8 @@ class LatencyCost(TargetCost):
         for k, (b, f, ker) in enumerate(zip(profile.bits, profile.formats, self.kernels(profile))):
             if ker is None:
                 continue
-            meta = SCALE_BYTES * lv.rows if f.startswith("int") else 0.0
             act = lv.positions * (lv.rows + lv.cols) * ker.a_bits / 8
-            mem = (lv.n_params * b / 8 + meta + act) / d.mem_bandwidth_bytes_per_s
+            mem = (layer_weight_bytes(profile, lv, k, SCALE_BYTES) + act) / d.mem_bandwidth_bytes_per_s
             comp = ker.seconds(lv.macs, lv.n_params, d.clock_hz)
             out[:, k] = np.maximum(mem, comp) + d.layer_overhead_s
         return out

@@ -4,7 +4,8 @@ One model, three resources (`metric=`):
 
 - `flash` (bytes; additive): weights (n_params · bits / 8, packed) + per output channel an
   int32 bias and, for integer formats, a 4-byte requantization scale (CMSIS-NN per-channel
-  multiplier).
+  multiplier); minifloat/MX/NVFP4 weights take their format's exact storage (weight_bytes.py),
+  though no Cortex-M spec has a kernel for them (infeasible there).
 - `cycles` (additive): MACs · cycles_per_mac of the device's kernel for the candidate's
   (weight bits, activation bits) + unpacking cycles per weight for sub-byte kernels + a
   per-layer overhead; measured rows of a device profile override them (the rest scaled by the
@@ -36,6 +37,7 @@ from . import register
 from .graph import graph_of, liveness, source_layer
 from .layers import layer_view
 from .target import TargetCost
+from .weight_bytes import layer_weight_bytes
 
 METRICS = ("flash", "sram", "cycles")
 MEMORY_UNITS = {"kb": 1024.0, "b": 1.0, "mb": 1024.0 ** 2}
@@ -71,8 +73,8 @@ class McuCost(TargetCost):
         out = np.zeros((len(lv.names), len(profile.bits)))
         kernels = self.kernels(profile)
         if self.metric == "flash":
-            for k, (b, f) in enumerate(zip(profile.bits, profile.formats)):
-                out[:, k] = lv.n_params * b / 8 + lv.rows * (BIAS_BYTES + (SCALE_BYTES if f.startswith("int") else 0))
+            for k in range(len(profile.bits)):
+                out[:, k] = layer_weight_bytes(profile, lv, k, SCALE_BYTES) + lv.rows * BIAS_BYTES
             return out
         if self.metric == "cycles":
             clock = self.device.clock_hz

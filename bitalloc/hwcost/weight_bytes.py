@@ -1,0 +1,41 @@
+"""Bytes a layer's weights take at a candidate, as the device streams them (latency, MCU flash).
+
+- integer formats: n_params · bits / 8 plus one `channel_scale_bytes` scale per output channel
+  (the per-channel requantization scale of int8/int4 kernels);
+- minifloat formats (per-group FP, OCP MX, NVFP4): the format's exact storage for the layer's
+  (rows, cols) weights, `storage_bits / 8` of its quantizer: element codes plus its scales (an
+  FP32 scale per group of `group_size` inputs, an E8M0 byte per 32, an E4M3 byte per 16 plus the
+  FP32 tensor scale), so the bytes moved follow storage;
+- kept floats (fp16/bf16/fp32) and format names bitalloc does not know: n_params · bits / 8
+  (unknown `int…` labels also get the channel scales).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BitallocError
+
+MINIFLOAT = ("fp", "mx", "nvfp4")
+
+
+def family_of(fmt: str) -> str:
+    """format_family(fmt), or for an unknown label `int` if it starts so, else `float`."""
+    from ..quant import format_family
+
+    try:
+        return format_family(fmt)
+    except BitallocError:
+        return "int" if str(fmt).startswith("int") else "float"
+
+
+def layer_weight_bytes(profile, lv, k: int, channel_scale_bytes: float = 4) -> np.ndarray:
+    """(L,) bytes of each layer of `lv` (layers.layer_view) at candidate k of `profile`."""
+    from ..quant import quantizer_for
+
+    fmt, b = profile.formats[k], profile.bits[k]
+    fam = family_of(fmt)
+    if fam in MINIFLOAT:
+        q = quantizer_for(fmt, int(profile.meta.get("group_size", 128)))
+        return np.asarray(q.storage_bits(lv.rows, lv.cols), dtype=np.float64) / 8
+    out = lv.n_params * b / 8
+    return out + channel_scale_bytes * lv.rows if fam == "int" else out
