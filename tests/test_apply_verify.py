@@ -265,3 +265,28 @@ def test_smollm2_end_to_end(tmp_path):
     assert report.ok and report.quality[1]["perplexity"] == pytest.approx(ppl_alloc, rel=1e-6)
     uniform3 = verify(task, {n: 3 for n in alloc.bits}).quality[1]["perplexity"]
     assert report.quality[0]["perplexity"] < ppl_alloc < uniform3
+
+
+def test_dmmv_quantizer_through_apply_lowers_worst_output_error(cnn):
+    """`apply(..., quantizer="dmmv", calib=...)`: the DMMV levels stay on the 3-bit grid and fc1's
+    worst output error on the calibration inputs falls below round-to-nearest's."""
+    bits = {name: 3 for name in cnn.layers}
+    x = torch.cat([b[0] for b in cnn.calib])
+    fc1 = cnn.modules()["fc1"]
+    captured = {}
+    h = fc1.register_forward_hook(lambda m, i, o: captured.__setitem__("x", i[0].detach()))
+    cnn.model(x)
+    h.remove()
+    X, W = captured["x"], fc1.weight.detach().clone()
+
+    def worst(Wq):
+        return float(((X @ (Wq - W).T).abs()).max())
+
+    saved = {k: v.clone() for k, v in cnn.model.state_dict().items()}
+    apply(cnn.model, bits, group_size=G)
+    rtn = worst(fc1.weight.detach())
+    cnn.model.load_state_dict(saved)
+    q = apply(cnn.model, bits, "dmmv", group_size=G, calib=[x])
+    assert worst(fc1.weight.detach()) < rtn  # DMMV lowers the worst case on the inputs it saw
+    assert max_distinct_per_group(fc1.weight.detach().numpy(), G) <= 2**3
+    assert len(q.codes) == len(bits)
