@@ -104,3 +104,13 @@ def test_nvfp4_scales_that_are_not_e4m3_times_a_tensor_scale_are_refused():
         block_scale_tensors("u", "nvfp4", scale * np.float32(1.01), t)
     with pytest.raises(BitallocError, match="E8M0"):
         block_scale_tensors("u", "mxfp4", np.full((1, 2), 0.3, np.float32))
+
+
+def test_integer_only_quantizer_refuses_minifloat_formats_before_any_change(cnn):
+    from bitalloc import BitallocError
+
+    before = {k: v.clone() for k, v in cnn.model.state_dict().items()}
+    with pytest.raises(BitallocError, match="dmmv searches integer grids only"):
+        apply(cnn.model, mixed(cnn), "dmmv", group_size=G, calib=cnn.calib, forward=cnn.loss)
+    for k, v in cnn.model.state_dict().items():
+        assert torch.equal(v, before[k]), k

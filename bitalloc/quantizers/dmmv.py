@@ -53,6 +53,9 @@ class DmmvQuantizer(WeightQuantizer):
         self.policy, self.seed, self.device = policy, seed, device
 
     def quantize(self, w, quant, X=None):
+        if not hasattr(quant, "symmetric"):  # minifloat grids (bitalloc/formats) have no integer levels
+            raise bad("quantizer dmmv with format", f"{quant.bits}-bit {type(quant).__name__}",
+                      "dmmv searches integer grids only; use --quantizer rtn for minifloat, MX and NVFP4 formats")
         q0, scale, zero = quant.encode(w)
         w = np.asarray(w, dtype=np.float32)
         if X is None:
