@@ -259,7 +259,7 @@ def test_smollm2_kv_profile_solve_and_verify(tmp_path):
     assert (p.n_params == 192).all() and p.meta["kv"]["key_axis"] == "channel"
     A = np.array(p.extra["attention_error"])
     assert (np.diff(A, axis=1) < 0).all()
-    assert (p.sensitivity[:, 0] >= p.sensitivity[:, 2]).all() and p.sensitivity[:, 0].max() > 0.01
+    assert (p.sensitivity[:, 0] > p.sensitivity[:, 2]).all() and p.sensitivity[:, 0].min() > 1e-3  # kl
     assert main(["solve", "--profile", str(out), "--budget", "3.25", "--out", str(tmp_path / "a.json")]) == 0
     from bitalloc import Allocation
 
