@@ -254,12 +254,12 @@ def test_smollm2_end_to_end(tmp_path):
 
     task = load_task("smollm2", samples=1, seq_len=128, held_out=2)
     alloc = bitalloc.solve(bitalloc.load_default_profile(), budget=3.25)
-    q = apply(task.model, alloc)
+    q = apply(task.model, alloc, inplace=False)  # task.model stays unquantized for verify
     path = q.save(tmp_path / "q.safetensors")
-    rep = check_budgets(read(path), task.model, alloc)
+    rep = check_budgets(read(path), q.model, alloc)
     assert rep.ok, rep.failures
     assert rep.totals["avg_bits"] <= 3.25 and rep.totals["avg_bits_with_overhead"] < 3.25 + 0.3
-    ppl_alloc = task.quality(task.model)["perplexity"]
+    ppl_alloc = task.quality(q.model)["perplexity"]
     del q
     report = verify(task, alloc, packed=path)
     assert report.ok and report.quality[1]["perplexity"] == pytest.approx(ppl_alloc, rel=1e-6)
