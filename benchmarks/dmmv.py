@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from solvers import synthetic_profile  # noqa: E402  (same synthetic profiles as the solver benchmark)
+from solvers import PROBLEMS, check, synthetic_profile, timed  # noqa: E402  (shared with the solver benchmark)
 
 from bitalloc import Constraint, Problem  # noqa: E402
 from bitalloc.hwcost.base import CostModel  # noqa: E402
@@ -41,7 +40,6 @@ from bitalloc.solvers import get_solver  # noqa: E402
 from bitalloc.solvers.minmax import bisect  # noqa: E402
 
 BUDGET = 3.25
-PROBLEMS: list[str] = []
 
 
 class Latency(CostModel):
@@ -56,22 +54,6 @@ class Latency(CostModel):
 
     def scale(self, p):
         return float(p.n_params.sum())
-
-
-def timed(f, repeats: int, slow_s: float = 60.0):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = f()
-        times.append(time.perf_counter() - t0)
-        if times[0] > slow_s:
-            break
-    return statistics.median(times), len(times), out
-
-
-def check(ok: bool, what: str):
-    if not ok:
-        PROBLEMS.append(what)
 
 
 def checked(a, p, cons, label):
@@ -117,7 +99,7 @@ def bench_solver(sizes, repeats, ilp_limit):
                   ("dmmv ALNS", lambda q: get_solver("dmmv").solve(q))])):
             rows, ref_t, exact = [], None, None
             for name, run in methods:
-                t, k, a = timed(lambda run=run: run(prob), repeats)
+                t, k, a = timed(lambda run=run: run(prob), repeats, slow_s=60.0)
                 checked(a, p, cons, f"{n} {label} {name}")
                 if ref_t is None:
                     ref_t = t

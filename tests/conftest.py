@@ -153,3 +153,28 @@ def profile_doc(n_units: int = 3, bits=(2, 4, 8)) -> dict:
     sens = [[round(float(w) * 4.0 ** -b, 12) for b in bits] for w in range(1, n_units + 1)]
     return {"schema": "bitalloc.profile/1", "bits": list(bits), "units": units, "sensitivity": sens,
             "meta": {"estimator": "test"}}
+
+
+# ---- real models, small (each test module loads its own copy) --------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    """digits-cnn with 64 calibration images."""
+    from bitalloc.models import load_task
+
+    return load_task("digits-cnn", samples=64)
+
+
+@pytest.fixture
+def cnn(digits):
+    """The digits task with its unquantized weights restored after each test."""
+    saved = {k: v.clone() for k, v in digits.model.state_dict().items()}
+    yield digits
+    digits.model.load_state_dict(saved)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """MiniLM with 4 calibration sentences of up to 32 tokens."""
+    from bitalloc.models import load_task
+
+    return load_task("minilm", samples=4, seq_len=32)

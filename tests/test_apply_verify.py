@@ -33,19 +33,6 @@ def test_pack_levels_round_trip_and_size(bits):
 
 
 # ---- digits-cnn ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def digits():
-    from bitalloc.models import load_task
-
-    return load_task("digits-cnn", samples=64)
-
-
-@pytest.fixture
-def cnn(digits):
-    """The task with its unquantized weights restored after each test."""
-    saved = {k: v.clone() for k, v in digits.model.state_dict().items()}
-    yield digits
-    digits.model.load_state_dict(saved)
 
 
 def channel_bits(task, seed=0, choices=(2, 3, 4, 8)):

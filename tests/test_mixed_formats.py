@@ -17,20 +17,6 @@ G = 32
 FORMATS = ["int4", "fp4_e2m1", "mxfp4", "nvfp4", "fp8_e4m3", "fp6_e2m3", "mxfp8_e4m3", "int8"]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from bitalloc.models import load_task
-
-    return load_task("digits-cnn", samples=64)
-
-
-@pytest.fixture
-def cnn(digits):
-    saved = {k: v.clone() for k, v in digits.model.state_dict().items()}
-    yield digits
-    digits.model.load_state_dict(saved)
-
-
 def mixed(task, seed=0):
     rng = np.random.default_rng(seed)
     fmts = {u.name: FORMATS[int(rng.integers(len(FORMATS)))] for u in task.units("channel", G)}

@@ -137,18 +137,25 @@ def test_evaluate_returning_the_wrong_number_of_values():
         s.solve(Problem.average_bits(p, 8.0))
 
 
-def test_keyboard_interrupt_leaves_the_study_resumable(tmp_path):
-    import optuna
-
-    p = small_profile(n_units=4)
-    url = f"sqlite:///{tmp_path}/study.db"
+def _on_third_trial(action):
+    """An evaluate function returning the profile score that calls `action()` in its third call."""
     n = [0]
 
     def fn(alloc):
         n[0] += 1
         if n[0] == 3:
-            raise KeyboardInterrupt
+            action()
         return alloc.objective
+    return fn
+
+
+def test_keyboard_interrupt_leaves_the_study_resumable(tmp_path):
+    import optuna
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    p, url, fn = small_profile(n_units=4), f"sqlite:///{tmp_path}/study.db", _on_third_trial(interrupt)
 
     prob = Problem.average_bits(p, 8.0)  # every trial within budget: every trial calls fn
     with pytest.raises(KeyboardInterrupt, match="run the same command again"):
@@ -164,15 +171,9 @@ def test_ctrl_c_stops_after_the_current_trial(tmp_path):
     import optuna
     import signal
 
-    p = small_profile(n_units=4)
-    url = f"sqlite:///{tmp_path}/study.db"
-    n = [0]
-
-    def fn(alloc):
-        n[0] += 1
-        if n[0] == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while a trial runs: that trial still completes
-        return alloc.objective
+    # Ctrl-C while a trial runs: that trial still completes
+    p, url = small_profile(n_units=4), f"sqlite:///{tmp_path}/study.db"
+    fn = _on_third_trial(lambda: os.kill(os.getpid(), signal.SIGINT))
 
     prob = Problem.average_bits(p, 8.0)
     with pytest.raises(KeyboardInterrupt, match="keeps its 3 trials"):

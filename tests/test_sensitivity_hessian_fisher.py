@@ -255,13 +255,6 @@ def layer_totals(p) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from bitalloc.models import load_task
-
-    return load_task("digits-cnn", samples=64)
-
-
-@pytest.fixture(scope="module")
 def minilm():
     from bitalloc.models import load_task
 

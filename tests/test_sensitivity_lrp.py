@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from bitalloc import BitallocError
-from bitalloc.models import load_task
 from bitalloc.sensitivity import get_estimator
 from bitalloc.sensitivity import lrp
 
@@ -28,16 +27,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_task("digits-cnn", samples=64)
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return load_task("minilm", samples=4, seq_len=32)
 
 
 def _state(model):

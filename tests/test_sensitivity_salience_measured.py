@@ -82,13 +82,6 @@ def digits():
     return load_task("digits-cnn", samples=256)
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    from bitalloc.models import load_task
-
-    return load_task("minilm", samples=4, seq_len=32)
-
-
 # ---- salience: hand computations ---------------------------------------------------------------
 @pytest.mark.parametrize("granularity", ["layer", "group", "channel"])
 def test_salience_diag_matches_hand_computation(granularity):

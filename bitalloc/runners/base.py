@@ -5,6 +5,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 
+class Unsupported(Exception):
+    """The runner has no kernel for this plan entry on its device: recorded as an `unsupported`
+    row (the solver then never picks that candidate), not as an error."""
+
+
 @dataclass(frozen=True)
 class Timing:
     """seconds: the statistic `stat` over `n` timed calls (None unless status is ok);

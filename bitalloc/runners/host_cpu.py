@@ -19,7 +19,7 @@ import time
 import warnings
 
 from . import register
-from .base import Runner, Timing
+from .base import Runner, Timing, Unsupported
 
 
 @register("host-cpu")
@@ -53,7 +53,7 @@ class HostCpuRunner(Runner):
     def time(self, entry) -> Timing:
         try:
             fn = self._build(entry)
-        except NotImplementedError as e:
+        except Unsupported as e:
             return Timing(None, "unsupported", note=str(e))
         except MemoryError:
             return Timing(None, "oom")
@@ -99,7 +99,7 @@ class HostCpuRunner(Runner):
             return lambda: op(w16.float())
         if e.kernel == "torch_unpack_f32":
             if not 1 <= e.w_bits <= 7:
-                raise NotImplementedError(f"{e.w_bits}-bit unpack")
+                raise Unsupported(f"{e.w_bits}-bit unpack")
             packed, scale, zero, n = _pack(torch, w, e.w_bits)
             bits, per = e.w_bits, 8 // e.w_bits
 
@@ -108,7 +108,7 @@ class HostCpuRunner(Runner):
                 wq = (codes.reshape(wshape[0], -1).float() - zero) * scale
                 return op(wq.reshape(wshape))
             return run
-        raise NotImplementedError(f"kernel {e.kernel}")
+        raise Unsupported(f"kernel {e.kernel}")
 
     def _int8(self, e, x, w, bias):
         torch = self.torch
@@ -122,7 +122,7 @@ class HostCpuRunner(Runner):
                 nnq = None
             if nnq is None:
                 if e.op != "linear" or not hasattr(torch, "_int_mm"):
-                    raise NotImplementedError("int8 conv without torch.ao")
+                    raise Unsupported("int8 conv without torch.ao")
                 a = torch.randint(-128, 127, (max(s["pos"], 17), s["in"]), dtype=torch.int8, generator=self.gen)
                 b = torch.randint(-128, 127, (s["in"], s["out"]), dtype=torch.int8, generator=self.gen)
                 return lambda: torch._int_mm(a, b)
