@@ -146,9 +146,9 @@ def model_quality(task):
 def bench_quantizer(model: str, bits: int, samples: int, seq_len: int, layers_limit: int | None):
     import torch
 
-    from bitalloc.models import load_task
-    from bitalloc.quant import IntQuant
-    from bitalloc.quantizers import get_quantizer
+    from bitalloc.zoo.demo import load_task
+    from bitalloc.quant.integer import IntQuant
+    from bitalloc.quant.quantizers import get_quantizer
 
     torch.manual_seed(0)
     task = load_task(model, samples=samples, seq_len=seq_len)

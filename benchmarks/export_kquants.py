@@ -18,7 +18,7 @@ import numpy as np
 
 from bitalloc.export import kquants
 from bitalloc.export.ggml_types import bpw
-from bitalloc.quant import IntQuant
+from bitalloc.quant.integer import IntQuant
 
 FORMS = {"Q2_K": (IntQuant(2, 16, zero="float"), "asym g16", None),
          "Q3_K": (IntQuant(3, 16, symmetric=True), "sym g16", "Q4_0"),
@@ -59,7 +59,7 @@ def main():
     w[rng.random(w.shape) < 0.01] *= 8
     sets = {"gaussian+outliers": [w]}
     if a.smollm2:
-        from bitalloc.models import gguf_linears, smollm2_gguf
+        from bitalloc.zoo.demo import gguf_linears, smollm2_gguf
 
         sets["smollm2 ffn_down"] = [x for name, _, x in gguf_linears(smollm2_gguf()) if name.endswith("down_proj")]
     head = ("| type | bpw | rel. error | RTN same form (baseline) | ratio | gguf legacy type | Mweights/s |\n"

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from bitalloc.models import load_task
+from bitalloc.zoo.demo import load_task
 from bitalloc.sensitivity import get_estimator
 from bitalloc.sensitivity.base import grad_only_for
 from bitalloc.sensitivity.hessian import math_attention, rademacher

@@ -9,14 +9,14 @@ Heavy dependencies (torch, solvers' libraries) are imported only when used.
 """
 from __future__ import annotations
 
-from .allocation import Allocation
-from .apply import QuantizedModel, apply  # the function shadows the module name, as intended
-from .errors import BitallocError
-from .problem import Constraint, Problem, tie_groups
-from .profile import Profile
-from .units import Unit
-from .verify import verify
-from .pack import read as load_packed
+from bitalloc.allocation import Allocation
+from bitalloc.apply.quantize import QuantizedModel, apply  # the function shadows the module name, as intended
+from bitalloc.errors import BitallocError
+from bitalloc.problem import Constraint, Problem, tie_groups
+from bitalloc.profile import Profile
+from bitalloc.units import Unit
+from bitalloc.verify.budgets import verify
+from bitalloc.quant.pack import read as load_packed
 
 __version__ = "0.1.0"
 __all__ = ["Allocation", "BitallocError", "Constraint", "Problem", "Profile", "Unit", "solve",
@@ -37,7 +37,7 @@ def solve(problem_or_profile, budget: float | None = None, solver: str = "ilp", 
 
 def solve_budgets(problem_or_profile, budgets, solver: str = "ilp", **options) -> list[Allocation]:
     """One Allocation per budget (the problem is compiled once and each run warm-starts the next)."""
-    from .solvers import get_solver
+    from bitalloc.solvers import get_solver
 
     problem_keys = {"pins", "ties", "min_bits", "max_bits", "count_overhead", "objective", "allowed"}
     pkw = {k: options.pop(k) for k in list(options) if k in problem_keys}
@@ -54,6 +54,6 @@ def solve_budgets(problem_or_profile, budgets, solver: str = "ilp", **options) -
 
 def load_default_profile() -> Profile:
     """The embedded SmolLM2-135M profile (one unit per linear layer, candidates 2,3,4,5,6,8)."""
-    from .data import default_profile_path
+    from bitalloc.data import default_profile_path
 
     return Profile.load(default_profile_path())

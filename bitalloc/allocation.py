@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import bad
-from .fileio import atomic_write, dumps, read_json
+from bitalloc.errors import bad
+from bitalloc.fileio import atomic_write, dumps, read_json
 
 SCHEMA = "bitalloc.allocation/1"
 STATUSES = ("optimal", "feasible", "infeasible", "time_limit")

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import BitallocError
+from bitalloc.errors import BitallocError
 
 
 def read_text(path: str | os.PathLike, what: str) -> str:

@@ -15,10 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BitallocError, bad
-from .hwcost.base import CostModel
-from .hwcost.memory import MemoryCost
-from .profile import Profile
+from bitalloc.errors import BitallocError, bad
+from bitalloc.hwcost.base import CostModel
+from bitalloc.hwcost.memory import MemoryCost
+from bitalloc.profile import Profile
 
 OBJECTIVES = ("sum", "max")
 REL_TOL = 1e-12  # a total within this relative distance of its cap counts as within budget
@@ -112,7 +112,7 @@ class Compiled:
     def min_totals_jointly(self, time_limit: float | None = None) -> np.ndarray:
         """Smallest total of each constraint while every other constraint keeps its cap (exact
         MILP per constraint; inf when the others cannot be met together)."""
-        from .solvers.milp import min_total
+        from bitalloc.solvers.milp import min_total
 
         return np.array([min_total(self.allowed, self.rows, self.caps, i, time_limit) for i in range(len(self.rows))])
 
@@ -150,7 +150,7 @@ def _min_total(rows: list[Row], ok: np.ndarray) -> float:
             common[r.idx] &= sub
     if common.any(axis=1).all():
         return lower
-    from .solvers.milp import min_total
+    from bitalloc.solvers.milp import min_total
 
     return min_total(ok, [rows], np.zeros(1), 0)
 

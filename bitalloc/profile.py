@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BitallocError, bad
-from .fileio import atomic_write, check_writable, dumps, read_json
-from .units import Unit
+from bitalloc.errors import BitallocError, bad
+from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
+from bitalloc.units import Unit
 
 SCHEMA = "bitalloc.profile/1"
 SIDECAR_MIN_UNITS = 20_000  # above this, save() writes the .npz sidecar by default

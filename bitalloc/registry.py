@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from .errors import bad
+from bitalloc.errors import bad
 
 
 class Registry:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .errors import bad
+from bitalloc.errors import bad
 
 GRANULARITIES = ("layer", "group", "channel")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run this checkout's bitalloc, installed or not
-from bitalloc.cli import main as cli  # noqa: E402
+from bitalloc.cli.app import main as cli  # noqa: E402
 
 BITS = "2,3,4,6,8,16"
 
@@ -59,7 +59,7 @@ def measured_latency_ms(path: Path, profile, bits: dict[str, int], a_bits_of: di
 def main(workdir: str | None = None, repeats: int = 10, warmup: int = 2, samples: int = 64) -> dict:
     import bitalloc
     from bitalloc import Allocation, Constraint, Problem, Profile
-    from bitalloc.hwcost.device_profile import DeviceProfile
+    from bitalloc.hwcost.device.device_profile import DeviceProfile
     from bitalloc.hwcost.latency import LatencyCost
     from bitalloc.hwcost.mcu import McuCost
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import bitalloc
 from bitalloc.fileio import dumps
-from bitalloc.models import load_task
+from bitalloc.zoo.demo import load_task
 from bitalloc.sensitivity import get_estimator
 
 SETUP = {  # granularity, group size, calibration samples

@@ -26,8 +26,8 @@ import numpy as np
 from bitalloc import Problem, Profile
 from bitalloc.fileio import atomic_write, dumps
 from bitalloc.hwcost.memory import MemoryCost
-from bitalloc.models import load_task
-from bitalloc.quant import quantizer_for
+from bitalloc.zoo.demo import load_task
+from bitalloc.quant.integer import quantizer_for
 from bitalloc.sensitivity import get_estimator
 from bitalloc.solvers import get_solver
 
@@ -71,7 +71,7 @@ def make_profile(task, path: Path) -> Profile:
     if path.exists():
         print(f"reusing {path}", file=sys.stderr)
         return Profile.load(path)
-    from bitalloc.commands._common import progress_bar
+    from bitalloc.cli._common import progress_bar
 
     est = get_estimator("fisher", bits=INT + FP, granularity="layer", group_size=GROUP)
     update, close = progress_bar("fisher")

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from bitalloc import Profile, solve
-from bitalloc.commands._common import progress_bar
+from bitalloc.cli._common import progress_bar
 from bitalloc.fileio import atomic_write, check_writable
-from bitalloc.kvcache import KVQuantConfig, bits_per_token, kv_quantized, kv_units, uniform_plan
+from bitalloc.quant.kvcache import KVQuantConfig, bits_per_token, kv_quantized, kv_units, uniform_plan
 
 
 def main(argv=None) -> int:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         if path:
             check_writable(path, args.force)
 
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
     from bitalloc.sensitivity import get_estimator
 
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 def verify(task, path, config, units) -> int:
     """Print verify_kv's rows for a saved allocation (caches it leaves out stay unquantized)."""
     from bitalloc import Allocation
-    from bitalloc.kvcache import plan_of, verify_kv
+    from bitalloc.quant.kvcache import plan_of, verify_kv
 
     plan = plan_of(Allocation.load(path))
     plan = {u.name: plan.get(u.name, "fp32") for u in units}

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bitalloc.data import default_profile_path
-from bitalloc.models import gguf_linears, gguf_tensor_types, smollm2_gguf
+from bitalloc.zoo.demo import gguf_linears, gguf_tensor_types, smollm2_gguf
 from bitalloc.sensitivity import get_estimator
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         layers = ((name, w, w.size) for name, _, w in gguf_linears(src))  # MACs per token = params
         profile = est.from_weights(layers, meta={**meta, "calibration": "none (data-free)"})
     else:
-        from bitalloc.models import load_task
+        from bitalloc.zoo.demo import load_task
 
         task = load_task("smollm2", samples=args.samples, seq_len=args.seq_len, seed=0)
         profile = est.estimate(task)

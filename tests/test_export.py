@@ -12,7 +12,7 @@ from bitalloc import BitallocError
 from bitalloc.export import FORMATS, export, gptq, hqq, kquants, llamacpp
 from bitalloc.export.ggml_types import BLOCK, choose, llama_name, type_table
 from bitalloc.export.names import gguf_name, hf_name
-from bitalloc.quant import IntQuant
+from bitalloc.quant.integer import IntQuant
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter  # noqa: E402
@@ -319,7 +319,7 @@ def test_json_map_and_registry(alloc, tmp_path):
 
 
 def test_cli_export(alloc, source, tmp_path, capsys):
-    from bitalloc.cli import main
+    from bitalloc.cli.app import main
 
     a = tmp_path / "a.json"
     alloc.save(a)
@@ -343,7 +343,7 @@ def test_cli_export(alloc, source, tmp_path, capsys):
 def test_smollm2_gguf_export_loads_and_scores(alloc, tmp_path):
     """The full SmolLM2 export at 3.25 bits: types as planned, values close, and transformers
     loads the file and computes a finite perplexity with it."""
-    from bitalloc.models import load_task, smollm2_gguf
+    from bitalloc.zoo.demo import load_task, smollm2_gguf
 
     out = tmp_path / "smollm2-3.25.gguf"
     res = export(alloc, "gguf", out)

@@ -8,7 +8,7 @@ import pytest
 
 from bitalloc import Allocation, BitallocError
 from bitalloc.export import export, mxfp4
-from bitalloc.quant import quantizer_for
+from bitalloc.quant.integer import quantizer_for
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter  # noqa: E402
@@ -97,7 +97,7 @@ def test_integer_only_targets_refuse_mxfp4(tmp_path, target):
 
 
 def test_cli_export_gguf_mxfp4_and_refusal(source, tmp_path, capsys):
-    from bitalloc.cli import main
+    from bitalloc.cli.app import main
 
     a = tmp_path / "a.json"
     alloc(FORMATS).save(a)

@@ -10,13 +10,13 @@ import pytest
 
 import bitalloc
 from bitalloc import Profile, Unit
-from bitalloc.hwcost.devices import load_device
+from bitalloc.hwcost.device.devices import load_device
 from bitalloc.hwcost.fpga import FpgaCost
 from bitalloc.hwcost.latency import LatencyCost
 from bitalloc.hwcost.mcu import McuCost
 from bitalloc.hwcost.memory import MemoryCost
 from bitalloc.problem import Constraint, Problem
-from bitalloc.quant import format_family, quantizer_for
+from bitalloc.quant.integer import format_family, quantizer_for
 
 FORMATS = ["int4", "int8", "fp4_e2m1", "mxfp4", "nvfp4", "fp8_e4m3", "mxfp8_e4m3"]
 FACTOR = {"int": 1.0, "fp": 0.5, "mx": 0.4, "nvfp4": 0.4}  # block-scaled formats: the smallest loss

@@ -9,11 +9,11 @@ import pytest
 
 import bitalloc
 from bitalloc import BitallocError, Profile, Unit
-from bitalloc.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2, ELEMENTS
-from bitalloc.formats.spec import parse_format
+from bitalloc.quant.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2, ELEMENTS
+from bitalloc.quant.formats.spec import parse_format
 from bitalloc.hwcost.memory import MemoryCost
 from bitalloc.problem import Constraint, Problem
-from bitalloc.quant import IntQuant, format_family, quantizer_for, scorer_for
+from bitalloc.quant.integer import IntQuant, format_family, quantizer_for, scorer_for
 
 from conftest import brute_force
 
@@ -247,7 +247,7 @@ def test_mixed_format_profile_ilp_equals_brute_force(overhead):
 
 
 def test_solve_cli_on_a_mixed_profile_shows_formats(tmp_path, capsys):
-    from bitalloc.cli import main
+    from bitalloc.cli.app import main
 
     path = tmp_path / "mixed.json"
     mixed_profile().save(path)
@@ -267,7 +267,7 @@ CANDS = (4, "fp4_e2m1", "mxfp4", "nvfp4", "int8", "fp8_e4m3")
 
 def tiny_task(classify: bool = False):
     torch = pytest.importorskip("torch")
-    from bitalloc.task import Task
+    from bitalloc.models.task import Task
 
     g = torch.Generator().manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
@@ -333,7 +333,7 @@ def test_measured_cell_is_the_loss_with_that_format():
 
 
 def test_profile_cli_candidates(tmp_path, capsys):
-    from bitalloc.cli import main
+    from bitalloc.cli.app import main
 
     out = tmp_path / "p.json"
     rc = main(["profile", "--model", "digits-cnn", "--estimator", "weight_error", "--candidates", "int4,fp5_e2m2",

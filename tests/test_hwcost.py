@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from bitalloc import Constraint, Problem, Profile
-from bitalloc.cli import main
+from bitalloc.cli.app import main
 from bitalloc.errors import BitallocError
 from bitalloc.hwcost import get_cost_model
-from bitalloc.hwcost.device_profile import COLUMNS, DeviceProfile
-from bitalloc.hwcost.devices import device_names, load_device
+from bitalloc.hwcost.device.device_profile import COLUMNS, DeviceProfile
+from bitalloc.hwcost.device.devices import device_names, load_device
 from bitalloc.hwcost.fpga import FpgaCost
 from bitalloc.hwcost.graph import chain_graph, liveness
 from bitalloc.hwcost.latency import LatencyCost
 from bitalloc.hwcost.mcu import McuCost
-from bitalloc.hwcost.plan import make_plan, read_plan, write_plan
-from bitalloc.hwcost.rows import solve_with_rows
+from bitalloc.hwcost.device.plan import make_plan, read_plan, write_plan
+from bitalloc.solvers.rows import solve_with_rows
 from bitalloc.solvers import get_solver
 
 # A branching graph: input → A → {B, C} → cat(B, C) → D (node elems in brackets)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from bitalloc import BitallocError, Constraint, Problem, Profile, solve
-from bitalloc.cli import main
+from bitalloc.cli.app import main
 from bitalloc.hwcost.kv_memory import KVMemoryCost
 from bitalloc.hwcost.memory import MemoryCost
-from bitalloc.kvcache import (KVQuantConfig, bits_per_token, cache_rows, encode_cache, fake_quant_cache, kv_quantized,
+from bitalloc.quant.kvcache import (KVQuantConfig, bits_per_token, cache_rows, encode_cache, fake_quant_cache, kv_quantized,
                               kv_units, plan_of, uniform_plan, unit_bits_per_token, verify_kv)
-from bitalloc.quant import IntQuant
+from bitalloc.quant.integer import IntQuant
 
 from conftest import brute_force
 
@@ -34,7 +34,7 @@ def tiny_llama(seed: int = 0):
 
 @pytest.fixture(scope="module")
 def task():
-    from bitalloc.task import Task
+    from bitalloc.models.task import Task
 
     model = tiny_llama()
     g = torch.Generator().manual_seed(1)
@@ -88,7 +88,7 @@ def _reference(x: np.ndarray, bits: int, axis: str, g: int) -> np.ndarray:
 
 
 def test_fake_quant_is_intquant_on_the_cached_post_rope_tensors(task, monkeypatch):
-    import bitalloc.kvcache as kvc
+    import bitalloc.quant.kvcache as kvc
 
     model = task.model
     x = task.calib[0][0]
@@ -249,7 +249,7 @@ def test_profile_cli_checks_kind_and_estimator(capsys, tmp_path):
 @pytest.mark.slow
 def test_smollm2_kv_profile_solve_and_verify(tmp_path):
     """SmolLM2: profile 3 layers' caches through the CLI, solve at 3.25 bits, verify perplexity."""
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     out = tmp_path / "kv.json"
     assert main(["profile", "--model", "smollm2", "--kind", "kv", "--samples", "2", "--seq-len", "64",

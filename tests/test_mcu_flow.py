@@ -63,7 +63,7 @@ def test_mcu_flow_on_digits_cnn_stays_within_every_budget(tmp_path, capsys):
 
 def test_host_runner_subbyte_packing_round_trips():
     torch = pytest.importorskip("torch")
-    from bitalloc.runners.host_cpu import _pack
+    from bitalloc.hwcost.device.runners.host_cpu import _pack
 
     w = torch.randn(7, 13)
     for bits in (2, 3, 4, 5, 6, 7):
@@ -76,9 +76,9 @@ def test_host_runner_subbyte_packing_round_trips():
 
 
 def test_measure_refuses_a_plan_for_another_device(tmp_path, capsys):
-    from bitalloc.cli import main
-    from bitalloc.hwcost.devices import load_device
-    from bitalloc.hwcost.plan import make_plan, write_plan
+    from bitalloc.cli.app import main
+    from bitalloc.hwcost.device.devices import load_device
+    from bitalloc.hwcost.device.plan import make_plan, write_plan
 
     p = Profile.from_columns(["a"], [64], [4, 8], np.ones((1, 2)), rows=[8], cols=[8], macs=[64])
     write_plan(tmp_path / "plan.csv", {"device": "cortex-m7"}, make_plan(p, load_device("cortex-m7")))

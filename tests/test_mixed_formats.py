@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from bitalloc import Allocation
-from bitalloc.apply import apply
-from bitalloc.pack import read
-from bitalloc.quant import format_info, quantizer_for
-from bitalloc.verify import check_budgets
+from bitalloc.apply.quantize import apply
+from bitalloc.quant.pack import read
+from bitalloc.quant.integer import format_info, quantizer_for
+from bitalloc.verify.budgets import check_budgets
 
 G = 32
 FORMATS = ["int4", "fp4_e2m1", "mxfp4", "nvfp4", "fp8_e4m3", "fp6_e2m3", "mxfp8_e4m3", "int8"]
@@ -56,7 +56,7 @@ def test_mixed_format_allocation_applied_and_verified_from_the_weights(cnn, tmp_
             if not fmt.startswith("int"):
                 assert np.array_equal(W[c:c + 1], quantizer_for(fmt, G).fake_quant(orig[name][c:c + 1])), (name, c, fmt)
     # the file loads back into a fresh model as exactly the fake-quantized weights
-    from bitalloc.models import trained_digits_cnn
+    from bitalloc.zoo.demo import trained_digits_cnn
 
     fresh = trained_digits_cnn(0)
     pk.load_into(fresh)
@@ -79,7 +79,7 @@ def test_mixed_format_verify_catches_extra_levels_and_storage(cnn):
 
 def test_nvfp4_scales_that_are_not_e4m3_times_a_tensor_scale_are_refused():
     from bitalloc import BitallocError
-    from bitalloc.pack import block_scale_tensors
+    from bitalloc.quant.pack import block_scale_tensors
 
     w = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
     qz = quantizer_for("nvfp4")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from bitalloc import BitallocError
-from bitalloc.cli import main
-from bitalloc.corpus import digits_split, pydoc_split, sentences, token_windows
+from bitalloc.cli.app import main
+from bitalloc.zoo.corpus import digits_split, pydoc_split, sentences, token_windows
 
 
 def test_pydoc_split_is_disjoint_and_seeded():
@@ -38,7 +38,7 @@ def test_digits_split_is_disjoint():
 
 def test_digits_task_is_trained_cached_and_accurate(tmp_path, monkeypatch):
     monkeypatch.setenv("BITALLOC_CACHE", str(tmp_path))
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     t = load_task("digits-cnn", samples=128)
     assert t.quality(t.model)["accuracy"] > 0.95
@@ -53,7 +53,7 @@ def test_digits_task_is_trained_cached_and_accurate(tmp_path, monkeypatch):
 def test_pickled_checkpoint_is_refused(tmp_path):
     import torch
 
-    from bitalloc.models import load_state_dict
+    from bitalloc.zoo.demo import load_state_dict
 
     class Evil:
         def __reduce__(self):

@@ -293,7 +293,7 @@ def test_postgresql_two_workers_and_resume(postgres_url):
 
 # ---- CLI -----------------------------------------------------------------------------------------
 def _cli(capsys, *args):
-    from bitalloc.cli import main
+    from bitalloc.cli.app import main
 
     code = main(list(args))
     return code, capsys.readouterr()

@@ -10,9 +10,9 @@ import pytest
 
 import bitalloc
 from bitalloc import BitallocError
-from bitalloc.cli import main
-from bitalloc.front import budget_range
-from bitalloc.plots import grid, layer_bits
+from bitalloc.cli.app import main
+from bitalloc.report.pareto import budget_range
+from bitalloc.report.plots import grid, layer_bits
 
 from conftest import avg_bits_of, brute_force
 
@@ -153,7 +153,7 @@ def test_report_table_plot_and_totals(capsys, tmp_path, smollm_path, smollm):
     code, cap = cli(capsys, "report", "--allocation", tmp_path / "a.json", "--profile", smollm_path, "--plot", plot)
     assert code == 0, cap.err
     assert plot.read_bytes()[:8] == PNG and "per bit-width" in cap.out and "106,168,320" in cap.out
-    from bitalloc.commands.report import per_bits
+    from bitalloc.cli.report import per_bits
 
     rows = per_bits(a, smollm)
     assert sum(r["weights"] for r in rows) == int(smollm.n_params.sum())

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bitalloc import Profile
-from bitalloc.scorecard import card_rows, markdown, rank_agreement
+from bitalloc.report.scorecard import card_rows, markdown, rank_agreement
 
 pytest.importorskip("scipy")
 
@@ -42,7 +42,7 @@ def test_layer_granularity_has_no_within_column():
 def test_scorecard_plot_writes_a_png(tmp_path):
     from conftest import smollm_profile
 
-    from bitalloc.scorecard import card_rows, plot
+    from bitalloc.report.scorecard import card_rows, plot
 
     measured, profiles = smollm_profile(0), {"a": smollm_profile(1), "b": smollm_profile(2)}
     path = tmp_path / "card.png"

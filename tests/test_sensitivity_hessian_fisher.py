@@ -12,11 +12,11 @@ torch = pytest.importorskip("torch")
 
 from bitalloc.errors import BitallocError  # noqa: E402
 from bitalloc.hwcost.memory import MemoryCost  # noqa: E402
-from bitalloc.quant import IntQuant  # noqa: E402
+from bitalloc.quant.integer import IntQuant  # noqa: E402
 from bitalloc.sensitivity import get_estimator  # noqa: E402
 from bitalloc.sensitivity.fisher import split_batch  # noqa: E402
 from bitalloc.sensitivity.hessian import rademacher  # noqa: E402
-from bitalloc.task import Task  # noqa: E402
+from bitalloc.models.task import Task  # noqa: E402
 
 
 # ---- tiny hand-built tasks -------------------------------------------------------------------
@@ -256,7 +256,7 @@ def layer_totals(p) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def minilm():
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     pytest.importorskip("transformers")
     try:
@@ -342,7 +342,7 @@ def test_hessian_on_real_models(name, request):
 
 @pytest.mark.slow
 def test_smollm2_hessian_and_fisher():
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     try:
         task = load_task("smollm2", samples=2, seq_len=64)

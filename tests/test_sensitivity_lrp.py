@@ -216,7 +216,7 @@ def test_minilm_attnlrp(minilm):
 
 
 def test_unsupported_task_is_refused(digits):
-    from bitalloc.task import Task
+    from bitalloc.models.task import Task
 
     t = Task("tokens", digits.model, [torch.zeros(2, 8, dtype=torch.long)], [], digits.layers, digits.loss,
              digits.quality, digits.macs)

@@ -9,11 +9,11 @@ import torch
 from scipy.stats import spearmanr
 
 from bitalloc.errors import BitallocError
-from bitalloc.quant import IntQuant
+from bitalloc.quant.integer import IntQuant
 from bitalloc.sensitivity import get_estimator
 from bitalloc.sensitivity.measured import MeasuredEstimator
 from bitalloc.sensitivity.salience import SalienceEstimator, layer_columns
-from bitalloc.task import Task
+from bitalloc.models.task import Task
 
 BITS = (2, 3, 4, 5, 6, 8)
 
@@ -77,7 +77,7 @@ def block(units, S, names) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def digits():
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     return load_task("digits-cnn", samples=256)
 
@@ -447,7 +447,7 @@ def test_rank_agreement_with_measured_on_digits(digits):
 # ---- SmolLM2 (slow) ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_measured_and_salience_on_smollm2():
-    from bitalloc.models import load_task
+    from bitalloc.zoo.demo import load_task
 
     task = load_task("smollm2", samples=2, seq_len=64)
     before = {n: m.weight.detach().clone() for n, m in task.modules().items()}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bitalloc import Allocation, Profile
-from bitalloc.cli import main
+from bitalloc.cli.app import main
 from bitalloc.hwcost import get_cost_model
 from bitalloc.hwcost.memory import MemoryCost
 

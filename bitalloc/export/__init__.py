@@ -6,7 +6,7 @@
 Each format is an Exporter (base.py) registered under its name; heavy imports (gguf) happen only
 when that format is used.
 """
-from ..registry import Registry
+from bitalloc.registry import Registry
 
 FORMATS = Registry("export format", {
     "json": "bitalloc.export.json_map",

@@ -5,8 +5,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..allocation import Allocation
-from ..errors import BitallocError, bad
+from bitalloc.allocation import Allocation
+from bitalloc.errors import BitallocError, bad
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TextExporter(Exporter):
     """A format small enough to build in memory: subclasses implement `render`."""
 
     def write(self, allocation, out, force: bool = False) -> ExportResult:
-        from ..fileio import atomic_write, check_writable
+        from bitalloc.fileio import atomic_write, check_writable
 
         check_writable(out, force)
         bits = layer_bits(allocation, what=f"{self.name} export")

@@ -20,7 +20,7 @@ take GGML's MXFP4 (32-weight blocks, an E8M0 byte each: 4.25 bpw; F16 when the r
 """
 from __future__ import annotations
 
-from ..errors import bad
+from bitalloc.errors import bad
 
 TYPE_FOR_BITS: dict[int, tuple[str, ...]] = {
     2: ("Q2_K", "Q4_0"), 3: ("Q3_K", "Q4_0"), 4: ("Q4_K", "Q4_0"), 5: ("Q5_K", "Q5_0"),

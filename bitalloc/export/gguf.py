@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BitallocError, bad
-from . import register
-from .base import Exporter, ExportResult, allocation_formats, layer_bits
-from .ggml_types import bpw, choose, parse_type_map, type_table
-from .names import gguf_names, source_gguf
+from bitalloc.errors import BitallocError, bad
+from bitalloc.export import register
+from bitalloc.export.base import Exporter, ExportResult, allocation_formats, layer_bits
+from bitalloc.export.ggml_types import bpw, choose, parse_type_map, type_table
+from bitalloc.export.names import gguf_names, source_gguf
 
 SKIP_KEYS = ("general.architecture", "general.alignment")  # written by GGUFWriter itself
 
@@ -67,7 +67,7 @@ class GgufExport(Exporter):
     def write(self, allocation, out, force: bool = False) -> ExportResult:
         from gguf import GGUFReader, GGUFWriter
 
-        from ..fileio import check_writable
+        from bitalloc.fileio import check_writable
 
         out = check_writable(out, force)
         bits = layer_bits(allocation, accept=("mxfp4",), what="gguf export")
@@ -144,7 +144,7 @@ def _encoded_shape(t, qtype: str | None):
     if qtype in ("F16", "F32"):
         dtype = np.dtype(np.float16 if qtype == "F16" else np.float32)
         return (rows, cols), dtype, rows * cols * dtype.itemsize, None
-    from .ggml_types import BLOCK
+    from bitalloc.export.ggml_types import BLOCK
 
     n, size = BLOCK[qtype]
     return (rows, cols // n * size), np.dtype(np.uint8), rows * cols // n * size, GGMLQuantizationType[qtype]
@@ -155,7 +155,7 @@ def _encode(t, qtype: str) -> np.ndarray:
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize, quantize
 
-    from . import kquants
+    from bitalloc.export import kquants
 
     if qtype == t.tensor_type.name:
         return t.data
@@ -167,7 +167,7 @@ def _encode(t, qtype: str) -> np.ndarray:
     if qtype in kquants.TYPES:
         return kquants.encode(w, qtype)
     if qtype == "MXFP4":
-        from . import mxfp4
+        from bitalloc.export import mxfp4
 
         return mxfp4.encode(w)
     return quantize(w, GGMLQuantizationType[qtype])

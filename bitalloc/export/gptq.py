@@ -16,11 +16,11 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from ..errors import bad
-from ..fileio import dumps
-from . import register
-from .base import TextExporter, fit_bits
-from .names import check_model
+from bitalloc.errors import bad
+from bitalloc.fileio import dumps
+from bitalloc.export import register
+from bitalloc.export.base import TextExporter, fit_bits
+from bitalloc.export.names import check_model
 
 BITS = (2, 3, 4, 8)
 FUSED = (("q_proj", "k_proj", "v_proj", "qkv_proj"), ("gate_proj", "up_proj", "gate_up_proj"))

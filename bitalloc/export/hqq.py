@@ -14,11 +14,11 @@ kept at 16 bits are left out (HqqConfig then leaves them unquantized).
 """
 from __future__ import annotations
 
-from ..errors import bad
-from ..fileio import dumps
-from . import register
-from .base import TextExporter, fit_bits
-from .names import check_model
+from bitalloc.errors import bad
+from bitalloc.fileio import dumps
+from bitalloc.export import register
+from bitalloc.export.base import TextExporter, fit_bits
+from bitalloc.export.names import check_model
 
 BITS = (1, 2, 3, 4, 8)
 MERGES = ("refuse", "max")

@@ -1,10 +1,10 @@
 """`json`: a plain {unit name: bits} map, keys in the allocation's order."""
 from __future__ import annotations
 
-from ..fileio import dumps
-from . import register
-from .base import TextExporter
-from .names import check_model
+from bitalloc.fileio import dumps
+from bitalloc.export import register
+from bitalloc.export.base import TextExporter
+from bitalloc.export.names import check_model
 
 
 @register("json")

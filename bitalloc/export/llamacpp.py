@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 
-from . import register
-from .base import TextExporter
-from .ggml_types import choose, llama_name, parse_type_map, type_table
-from .names import gguf_names, gguf_row_lengths, source_gguf
+from bitalloc.export import register
+from bitalloc.export.base import TextExporter
+from bitalloc.export.ggml_types import choose, llama_name, parse_type_map, type_table
+from bitalloc.export.names import gguf_names, gguf_row_lengths, source_gguf
 
 
 @register("llama.cpp")
@@ -34,7 +34,7 @@ class LlamaCppTypes(TextExporter):
             rows = gguf_row_lengths(path)
             missing = [n for n, t in tensors.items() if t not in rows]
             if missing:
-                from ..errors import bad
+                from bitalloc.errors import bad
 
                 raise bad("allocation unit", missing[0], f"has no tensor {tensors[missing[0]]} in {path.name} "
                           f"({len(missing)} units missing): allocation for another model?")

@@ -18,8 +18,8 @@ BLOCK, BYTES = 32, 17
 
 def encode(w: np.ndarray) -> np.ndarray:
     """`w: (rows, cols)` float, cols a multiple of 32 → uint8 (rows, cols/32 · 17)."""
-    from ..formats.minifloat import E2M1
-    from ..formats.mx import E8M0_MIN, MXFloat
+    from bitalloc.quant.formats.minifloat import E2M1
+    from bitalloc.quant.formats.mx import E8M0_MIN, MXFloat
 
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2 or w.shape[1] % BLOCK:

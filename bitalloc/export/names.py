@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from ..errors import bad
-from ..models import LLAMA_LINEARS
+from bitalloc.errors import bad
+from bitalloc.zoo.demo import LLAMA_LINEARS
 
 _BLOCK = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _TO_GGUF = {module: part for part, module in LLAMA_LINEARS.items()}
@@ -48,7 +48,7 @@ def gguf_names(bits: dict[str, int], fmt: str) -> dict[str, str]:
 
 def model_modules(model: str) -> set[str]:
     """Names of the quantizable modules of a real model (bitalloc.models.MODELS)."""
-    from ..models import MODELS, smollm2_gguf
+    from bitalloc.zoo.demo import MODELS, smollm2_gguf
 
     if model not in MODELS:
         raise bad("--model", model, f"allowed: {', '.join(MODELS)}")
@@ -56,7 +56,7 @@ def model_modules(model: str) -> set[str]:
         from gguf import GGUFReader
 
         return {n for t in GGUFReader(str(smollm2_gguf())).tensors if (n := hf_name(t.name))}
-    from ..models import load_task
+    from bitalloc.zoo.demo import load_task
 
     return set(load_task(model, samples=1).layers)
 
@@ -77,7 +77,7 @@ def source_gguf(model: str | None, source=None):
     (only smollm2 ships as GGUF)."""
     from pathlib import Path
 
-    from ..errors import BitallocError
+    from bitalloc.errors import BitallocError
 
     if source is not None:
         p = Path(source)
@@ -85,7 +85,7 @@ def source_gguf(model: str | None, source=None):
             raise BitallocError(f"--source {str(p)!r}: no such GGUF file")
         return p
     if model in (None, "smollm2"):
-        from ..models import smollm2_gguf
+        from bitalloc.zoo.demo import smollm2_gguf
 
         return smollm2_gguf()
     raise bad("--model", model, "has no GGUF file; GGUF export and shapes come from smollm2 or a --source GGUF")
@@ -95,7 +95,7 @@ def gguf_row_lengths(path) -> dict[str, int]:
     """GGUF tensor name → weights per row (ne0, the input dimension) of every 2-D tensor."""
     from gguf import GGUFReader
 
-    from ..errors import BitallocError
+    from bitalloc.errors import BitallocError
 
     try:
         reader = GGUFReader(str(path))

@@ -1,5 +1,5 @@
 """Hardware cost models, one per file, found by name (`get_cost_model("memory")`)."""
-from ..registry import Registry
+from bitalloc.registry import Registry
 
 COST_MODELS = Registry("cost model", {"memory": "bitalloc.hwcost.memory",
                                       "latency": "bitalloc.hwcost.latency",

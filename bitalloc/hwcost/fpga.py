@@ -28,11 +28,11 @@ import math
 
 import numpy as np
 
-from ..errors import bad
-from . import register
-from .layers import layer_view
-from .target import TargetCost
-from .weight_bytes import MINIFLOAT, family_of
+from bitalloc.errors import bad
+from bitalloc.hwcost import register
+from bitalloc.hwcost.layers import layer_view
+from bitalloc.hwcost.device.target import TargetCost
+from bitalloc.hwcost.weight_bytes import MINIFLOAT, family_of
 
 METRICS = ("lut", "dsp", "bram")
 # dsp type → (A, B) multiplier port widths, multiplies packed per slice when both widths <= 8

@@ -23,7 +23,7 @@ while that op runs: a tensor lives from the op that writes it to the last op tha
 """
 from __future__ import annotations
 
-from ..errors import BitallocError, bad
+from bitalloc.errors import BitallocError, bad
 
 GRAPH_KEY = "graph"
 
@@ -122,7 +122,7 @@ def _first(batch):
 
 def chain_graph(profile) -> dict:
     """A chain over the profile's layers in unit order (for profiles that carry no graph)."""
-    from .layers import layer_view
+    from bitalloc.hwcost.layers import layer_view
 
     lv = layer_view(profile)
     pos = lv.positions

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import bad
-from . import register
-from .base import CostModel
+from bitalloc.errors import bad
+from bitalloc.hwcost import register
+from bitalloc.hwcost.base import CostModel
 
 
 @register("kv_memory")
@@ -30,7 +30,7 @@ class KVMemoryCost(CostModel):
         self.count_overhead, self.context, self.config = count_overhead, context, config
 
     def costs(self, profile) -> np.ndarray:
-        from ..kvcache import KVQuantConfig, cache_of, unit_bits_per_token
+        from bitalloc.quant.kvcache import KVQuantConfig, cache_of, unit_bits_per_token
 
         config = self.config or KVQuantConfig.from_meta(profile.meta)
         kv = [i for i, kind in enumerate(profile.kinds) if kind == "kv"]

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import bad
-from . import register
-from .layers import layer_view
-from .target import TargetCost
-from .weight_bytes import layer_weight_bytes
+from bitalloc.errors import bad
+from bitalloc.hwcost import register
+from bitalloc.hwcost.layers import layer_view
+from bitalloc.hwcost.device.target import TargetCost
+from bitalloc.hwcost.weight_bytes import layer_weight_bytes
 
 SCALE_BYTES = 4  # per output channel of an integer-format layer (int32 multiplier or fp32 scale)
 

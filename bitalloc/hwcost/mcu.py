@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import bad
-from . import register
-from .graph import graph_of, liveness, source_layer
-from .layers import layer_view
-from .target import TargetCost
-from .weight_bytes import layer_weight_bytes
+from bitalloc.errors import bad
+from bitalloc.hwcost import register
+from bitalloc.hwcost.graph import graph_of, liveness, source_layer
+from bitalloc.hwcost.layers import layer_view
+from bitalloc.hwcost.device.target import TargetCost
+from bitalloc.hwcost.weight_bytes import layer_weight_bytes
 
 METRICS = ("flash", "sram", "cycles")
 MEMORY_UNITS = {"kb": 1024.0, "b": 1.0, "mb": 1024.0 ** 2}

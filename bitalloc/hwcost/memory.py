@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import bad
-from . import register
-from .base import CostModel
+from bitalloc.errors import bad
+from bitalloc.hwcost import register
+from bitalloc.hwcost.base import CostModel
 
 UNQUANTIZED = ("fp16", "bf16", "fp32")
 
@@ -87,8 +87,8 @@ class MemoryCost(CostModel):
     def quantizer(self, profile, k: int):
         """The quantizer of candidate k with this profile's group size and integer form; None
         for a format name bitalloc does not know (an external profile's own label)."""
-        from ..errors import BitallocError
-        from ..quant import quantizer_for
+        from bitalloc.errors import BitallocError
+        from bitalloc.quant.integer import quantizer_for
 
         g = self.group_size or int(profile.meta.get("group_size", 128))
         try:
@@ -101,6 +101,6 @@ class MemoryCost(CostModel):
 
 
 def _is_int(q) -> bool:
-    from ..quant import IntQuant
+    from bitalloc.quant.integer import IntQuant
 
     return isinstance(q, IntQuant)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BitallocError
+from bitalloc.errors import BitallocError
 
 MINIFLOAT = ("fp", "mx", "nvfp4")
 
 
 def family_of(fmt: str) -> str:
     """format_family(fmt), or for an unknown label `int` if it starts so, else `float`."""
-    from ..quant import format_family
+    from bitalloc.quant.integer import format_family
 
     try:
         return format_family(fmt)
@@ -30,7 +30,7 @@ def family_of(fmt: str) -> str:
 
 def layer_weight_bytes(profile, lv, k: int, channel_scale_bytes: float = 4) -> np.ndarray:
     """(L,) bytes of each layer of `lv` (layers.layer_view) at candidate k of `profile`."""
-    from ..quant import quantizer_for
+    from bitalloc.quant.integer import quantizer_for
 
     fmt, b = profile.formats[k], profile.bits[k]
     fam = family_of(fmt)

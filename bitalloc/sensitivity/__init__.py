@@ -1,5 +1,5 @@
 """Sensitivity estimators, one per file, found by name (`get_estimator("weight_error")`)."""
-from ..registry import Registry
+from bitalloc.registry import Registry
 
 ESTIMATORS = Registry("estimator", {name: f"bitalloc.sensitivity.{name}" for name in
                                     ("weight_error", "hessian", "fisher", "lrp", "salience", "measured", "kv")})

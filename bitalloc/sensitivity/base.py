@@ -16,17 +16,17 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import bad
-from ..profile import Profile
-from ..quant import scorer_for
-from ..units import Unit, check_granularity
+from bitalloc.errors import bad
+from bitalloc.profile import Profile
+from bitalloc.quant.integer import scorer_for
+from bitalloc.units import Unit, check_granularity
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
 
 class Estimator(ABC):
     """bits: the candidates, each a bit-width (its default format: `int{b}`, 16 = fp16) or a
-    format name (`int4`, `fp4_e2m1`, `mxfp4`, `nvfp4`, ...; bitalloc/formats/spec.py);
+    format name (`int4`, `fp4_e2m1`, `mxfp4`, `nvfp4`, ...; bitalloc/quant/formats/spec.py);
     granularity: layer | group | channel; group_size: input columns per quantization group (and
     per unit at group granularity); symmetric / zero: the integer quantizer's form. Every candidate
     is scored with its own quantizer (`quant.scorer_for`). Subclasses set `name` and `passes` and
@@ -37,7 +37,7 @@ class Estimator(ABC):
 
     def __init__(self, bits=DEFAULT_BITS, granularity: str = "layer", group_size: int = 128,
                  symmetric: bool = False, zero: str = "int"):
-        from ..formats.spec import parse_format
+        from bitalloc.quant.formats.spec import parse_format
 
         cands = tuple(bits)
         if not cands or any(isinstance(b, bool) or not isinstance(b, (int, str)) or isinstance(b, int)
@@ -73,7 +73,7 @@ class Estimator(ABC):
         info = {"estimator": self.name, "granularity": self.granularity, "group_size": self.group_size,
                 "symmetric": self.symmetric, "zero": self.zero, "quantizer": self.quantizer, "passes": self.passes,
                 "seconds": round(time.perf_counter() - t0, 3), **task.meta, **meta}
-        from .. import __version__
+        from bitalloc import __version__
 
         info["bitalloc_version"] = __version__
         return Profile(units, list(self.bits), S, formats=list(self.formats), meta=info)

@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-from ..errors import BitallocError, bad
-from ..profile import Profile
-from . import register
-from .base import DEFAULT_BITS, Estimator, grad_only_for, weighted_error
+from bitalloc.errors import BitallocError, bad
+from bitalloc.profile import Profile
+from bitalloc.sensitivity import register
+from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, grad_only_for, weighted_error
 
 
 def split_batch(batch) -> list:

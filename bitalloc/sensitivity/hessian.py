@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import bad
-from ..profile import Profile
-from . import register
-from .base import DEFAULT_BITS, Estimator, grad_only_for, weighted_error
+from bitalloc.errors import bad
+from bitalloc.profile import Profile
+from bitalloc.sensitivity import register
+from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, grad_only_for, weighted_error
 
 
 @dataclass

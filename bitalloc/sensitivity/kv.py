@@ -2,7 +2,7 @@
 
 Units are the kv units of `bitalloc.kvcache.kv_units` (one per cache per layer). For each unit and
 candidate, only that cache is fake-quantized inside the attention forward (post-RoPE keys, as
-HF Llama caches them; see bitalloc/kvcache.py), the calibration data is run, and three figures
+HF Llama caches them; see bitalloc/quant/kvcache.py), the calibration data is run, and three figures
 are recorded:
 - `loss`: the model loss increase, loss(quantized) − loss(unquantized) on the calibration set
   (clipped at 0, as `measured` does);
@@ -27,12 +27,12 @@ import time
 
 import numpy as np
 
-from ..errors import BitallocError, bad
-from ..kvcache import KVQuantConfig, cache_of, kv_format, kv_quantized, kv_units
-from ..profile import Profile
-from ..units import Unit
-from . import register
-from .measured import MeasuredEstimator
+from bitalloc.errors import BitallocError, bad
+from bitalloc.quant.kvcache import KVQuantConfig, cache_of, kv_format, kv_quantized, kv_units
+from bitalloc.profile import Profile
+from bitalloc.units import Unit
+from bitalloc.sensitivity import register
+from bitalloc.sensitivity.measured import MeasuredEstimator
 
 SCORES = ("kl", "loss", "attention")
 

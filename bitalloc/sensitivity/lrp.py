@@ -55,10 +55,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BitallocError, bad
-from ..profile import Profile
-from . import register
-from .base import DEFAULT_BITS, Estimator, weighted_error
+from bitalloc.errors import BitallocError, bad
+from bitalloc.profile import Profile
+from bitalloc.sensitivity import register
+from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, weighted_error
 
 ZENNIT_INSTALL = "pip install --no-deps zennit"
 _STAND_IN = ("torchvision", "torchvision.models", "torchvision.models.resnet")

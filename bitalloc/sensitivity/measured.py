@@ -21,11 +21,11 @@ import time
 
 import numpy as np
 
-from ..errors import BitallocError, bad
-from ..profile import Profile
-from ..units import Unit
-from . import register
-from .base import DEFAULT_BITS, Estimator, layer_weight
+from bitalloc.errors import BitallocError, bad
+from bitalloc.profile import Profile
+from bitalloc.units import Unit
+from bitalloc.sensitivity import register
+from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, layer_weight
 
 
 @register("measured")

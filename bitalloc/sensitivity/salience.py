@@ -32,10 +32,10 @@ import time
 
 import numpy as np
 
-from ..errors import BitallocError, bad
-from ..profile import Profile
-from . import register
-from .base import DEFAULT_BITS, Estimator, layer_weight, units_by_layer, weighted_error
+from bitalloc.errors import BitallocError, bad
+from bitalloc.profile import Profile
+from bitalloc.sensitivity import register
+from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, layer_weight, units_by_layer, weighted_error
 
 MODES = ("diag", "obs", "exact")
 

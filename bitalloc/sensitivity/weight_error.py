@@ -8,10 +8,10 @@ from typing import Iterable
 
 import numpy as np
 
-from ..profile import Profile
-from ..units import Unit
-from . import register
-from .base import Estimator, weighted_error
+from bitalloc.profile import Profile
+from bitalloc.units import Unit
+from bitalloc.sensitivity import register
+from bitalloc.sensitivity.base import Estimator, weighted_error
 
 
 @register("weight_error")
@@ -27,7 +27,7 @@ class WeightErrorEstimator(Estimator):
     def from_weights(self, layers: Iterable[tuple[str, np.ndarray, int]], meta: dict | None = None,
                      progress=None) -> Profile:
         """Without torch: layers are (name, weight (out, in), MACs per inference); one unit per layer."""
-        from .. import __version__
+        from bitalloc import __version__
 
         t0 = time.perf_counter()
         units, rows = [], []

@@ -1,8 +1,8 @@
 """Solvers, one per file, found by name (`get_solver("ilp", backend="highs")`)."""
-from ..registry import Registry
+from bitalloc.registry import Registry
 
 SOLVERS = Registry("solver", {"ilp": "bitalloc.solvers.ilp", "greedy": "bitalloc.solvers.greedy",
-                                 "optuna": "bitalloc.solvers.optuna_search",
+                                 "optuna": "bitalloc.solvers.optuna.search",
                                  "dmmv": "bitalloc.solvers.dmmv"})
 register = SOLVERS.register
 

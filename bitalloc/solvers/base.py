@@ -10,10 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..allocation import Allocation
-from ..errors import bad
-from ..hwcost.memory import MemoryCost
-from ..problem import Compiled, Problem, fits
+from bitalloc.allocation import Allocation
+from bitalloc.errors import bad
+from bitalloc.hwcost.memory import MemoryCost
+from bitalloc.problem import Compiled, Problem, fits
 
 
 @dataclass
@@ -94,7 +94,7 @@ def repaired(comp: Compiled, res: Result, time_limit: float | None) -> Result:
     choice = repair(comp, res.choice)
     if comp.feasible(choice):
         return Result(choice, "feasible", res.bound, {**res.info, "repaired": True})
-    from .milp import find_feasible
+    from bitalloc.solvers.milp import find_feasible
 
     choice, proven = find_feasible(comp, time_limit)
     if choice is None:

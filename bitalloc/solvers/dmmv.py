@@ -28,11 +28,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import bad
-from ..problem import Compiled
-from . import register
-from .base import Result, Solver
-from .minmax import bisect, cheapest_under, fill_multi, normalized, surrogate, threshold_search
+from bitalloc.errors import bad
+from bitalloc.problem import Compiled
+from bitalloc.solvers import register
+from bitalloc.solvers.base import Result, Solver
+from bitalloc.solvers.minmax import bisect, cheapest_under, fill_multi, normalized, surrogate, threshold_search
 
 SCORES = (5.0, 2.0, 1.0, 0.5)  # new best, better than current, accepted, rejected
 DECAY = 0.7
@@ -98,8 +98,8 @@ class DmmvSolver(Solver):
 
 def _exact_one_budget(comp: Compiled) -> Result:
     """Bisection (exact), then the leftover budget spent on the sum of losses under the threshold."""
-    from .frontier import frontier
-    from .greedy import fill, lp_greedy
+    from bitalloc.solvers.frontier import frontier
+    from bitalloc.solvers.greedy import fill, lp_greedy
 
     S, C, cap = comp.S, comp.C[0], comp.caps[0]
     t = bisect(S, C, cap)

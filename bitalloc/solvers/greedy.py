@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..problem import Compiled
-from . import register
-from .base import Result, Solver
-from .frontier import Frontier, frontier
+from bitalloc.problem import Compiled
+from bitalloc.solvers import register
+from bitalloc.solvers.base import Result, Solver
+from bitalloc.solvers.frontier import Frontier, frontier
 
 @register("greedy")
 class GreedySolver(Solver):
@@ -36,7 +36,7 @@ class GreedySolver(Solver):
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
         if len(comp.rows) > 1 or not comp.additive:
-            from .lagrange import lagrangian
+            from bitalloc.solvers.lagrange import lagrangian
 
             lg = lagrangian(comp, self.time_limit)
             return Result(lg.choice, lg.status, lg.bound, {"lagrange_bound": lg.bound, "multipliers": lg.lam.tolist(), **lg.info})

@@ -16,15 +16,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..errors import bad
-from ..problem import Compiled
-from . import register
-from .backends import BACKENDS
-from .base import Result, Solver
-from .frontier import frontier
-from .greedy import fill, lp_greedy
-from .lagrange import fix_cells, lagrangian
-from .milp import Milp, lp_bound
+from bitalloc.errors import bad
+from bitalloc.problem import Compiled
+from bitalloc.solvers import register
+from bitalloc.solvers.backends import BACKENDS
+from bitalloc.solvers.base import Result, Solver
+from bitalloc.solvers.frontier import frontier
+from bitalloc.solvers.greedy import fill, lp_greedy
+from bitalloc.solvers.lagrange import fix_cells, lagrangian
+from bitalloc.solvers.milp import Milp, lp_bound
 
 
 @register("ilp")
@@ -110,7 +110,7 @@ def _minmax_start(comp: Compiled, warm: Result | None):
     (optimal with one budget; with several, the surrogate threshold search of `minmax.py`) as the
     start, its certified bound, and the cells with a loss above the start's worst loss dropped (exact: they
     are in no allocation at least as good as the start)."""
-    from .minmax import bisect, normalized, threshold_search
+    from bitalloc.solvers.minmax import bisect, normalized, threshold_search
 
     if len(comp.C) == 1:
         t = bisect(comp.S, comp.C[0], comp.caps[0])

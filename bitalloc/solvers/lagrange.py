@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..problem import Compiled
-from .frontier import frontier
-from .greedy import lp_greedy
+from bitalloc.problem import Compiled
+from bitalloc.solvers.frontier import frontier
+from bitalloc.solvers.greedy import lp_greedy
 
 TOL = 1e-12  # relative slack on a scaled row, as problem.fits
 
@@ -153,7 +153,7 @@ def lagrangian(comp: Compiled, time_limit: float | None = None, max_iter: int | 
 
     x = repair_rows(pr, lam.copy(), pr.evaluate(lam)[0], consider)
     if x is None and best_x is None:
-        from .milp import find_feasible
+        from bitalloc.solvers.milp import find_feasible
 
         left = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
         x, proven = find_feasible(comp, left)
@@ -170,7 +170,7 @@ def boxstep(pr: Priced, lam0: np.ndarray, first, consider, deadline, max_iter: i
     """Maximize L(λ) over λ >= 0 from lam0; `first` = evaluate(0). Returns (best λ, L(best λ), steps)."""
     import highspy
 
-    from .backends.highs import new_highs
+    from bitalloc.solvers.backends.highs import new_highs
 
     R = pr.R
     cuts = []  # (λ_i, L_i, g_i): L(λ) <= L_i + g_i·(λ − λ_i)

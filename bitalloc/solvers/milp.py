@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..problem import Compiled, Row
+from bitalloc.problem import Compiled, Row
 
 
 @dataclass
@@ -195,7 +195,7 @@ class BackendResult:
 
 def lp_bound(m: Milp) -> float | None:
     """Value of the LP relaxation (HiGHS simplex): a lower bound for any integer solution."""
-    from .backends.highs import new_highs, pass_model
+    from bitalloc.solvers.backends.highs import new_highs, pass_model
 
     h = new_highs()
     pass_model(h, m, integer=False)
@@ -214,7 +214,7 @@ def min_total(allowed: np.ndarray, rows: list[list[Row]], caps: np.ndarray, i: i
     cannot all be met. Exact MILP: minimize t subject to every row of constraint i <= t."""
     import highspy
 
-    from .backends.highs import new_highs, pass_model
+    from bitalloc.solvers.backends.highs import new_highs, pass_model
 
     caps = np.array(caps, dtype=np.float64)
     caps[i] = 0.0
@@ -243,7 +243,7 @@ def find_feasible(comp: Compiled, time_limit: float | None = None) -> tuple[np.n
     last resort, so that heuristics never call a feasible problem infeasible."""
     import highspy
 
-    from .backends.highs import new_highs, pass_model
+    from bitalloc.solvers.backends.highs import new_highs, pass_model
 
     m = Milp.build(comp)
     h = new_highs()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..problem import Compiled, fits
+from bitalloc.problem import Compiled, fits
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """ILP backends, one per file, found by name: `highs` (default), `pulp` (CBC), `cpsat` (OR-Tools)."""
 from abc import ABC, abstractmethod
 
-from ...registry import Registry
+from bitalloc.registry import Registry
 
 BACKENDS = Registry("backend", {"highs": "bitalloc.solvers.backends.highs",
                                 "pulp": "bitalloc.solvers.backends.pulp_cbc",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Backend, register
-from ..milp import BackendResult, Milp
+from bitalloc.solvers.backends import Backend, register
+from bitalloc.solvers.milp import BackendResult, Milp
 
 RES = 1e9
 

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from . import Backend, register
-from ..milp import BackendResult, Milp
+from bitalloc.solvers.backends import Backend, register
+from bitalloc.solvers.milp import BackendResult, Milp
 
 
 @contextlib.contextmanager

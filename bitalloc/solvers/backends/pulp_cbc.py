@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from . import Backend, register
-from ..milp import BackendResult, Milp
+from bitalloc.solvers.backends import Backend, register
+from bitalloc.solvers.milp import BackendResult, Milp
 
 
 @register("pulp")

@@ -1,0 +1,355 @@
+"""Apply an Allocation to a torch model: each unit's weights quantized at its own bits, in place.
+
+    q = bitalloc.apply(model, "a.json")            # the model's layers now hold fake-quantized weights
+    q.save("q.safetensors")                        # the packed file (pack.py): levels, scales, zeros
+    bitalloc.load_packed("q.safetensors").load_into(model)   # the same weights back
+
+Like torchao's `quantize_`, no model surgery is asked of the user: every layer the allocation
+names keeps its module and gets its weight rewritten. Each unit (a layer, `layer:gN`, `layer:cN`)
+gets its grid from `bitalloc.quant.quantizer_for(format, group_size, symmetric, zero)` and its
+levels from a WeightQuantizer (`bitalloc.quantizers`, `rtn` by default); quantizers that need
+calibration inputs get each layer's inputs X, captured from the unquantized model. Scales (and
+float minimums) are rounded to float16, the precision the packed file stores, so the weights in
+the model are exactly what the file decodes to.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bitalloc.allocation import Allocation
+from bitalloc.errors import BitallocError, bad
+from bitalloc.quant.pack import SCALE_DTYPE, UnitCode, block_scale_tensors, is_block_float
+from bitalloc.profile import default_format
+from bitalloc.quant.integer import ZERO_KINDS, quantizer_for
+from bitalloc.units import Unit, carve
+
+INPUT_BYTES = 256 * 2**20  # calibration inputs held at once (layers are processed in chunks)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """quantizer: WeightQuantizer name; options: its options; group_size: input columns per
+    scale (and per unit at group granularity); symmetric / zero: the grid (see quant.IntQuant);
+    max_rows: calibration input rows kept per layer for quantizers that need inputs."""
+
+    quantizer: str = "rtn"
+    options: dict = field(default_factory=dict)
+    group_size: int = 128
+    symmetric: bool = False
+    zero: str = "int"
+    max_rows: int = 1024
+
+    def __post_init__(self):
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            raise bad("group_size", self.group_size, "must be a positive integer")
+        if self.zero not in ZERO_KINDS:
+            raise bad("zero", self.zero, f"allowed: {', '.join(ZERO_KINDS)}")
+        if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1:
+            raise bad("max_rows", self.max_rows, "must be a positive integer")
+
+    def to_json(self) -> dict:
+        return {"name": self.quantizer, "options": dict(self.options), "group_size": self.group_size,
+                "symmetric": self.symmetric, "zero": self.zero}
+
+    def describe(self) -> str:
+        form = "symmetric" if self.symmetric else f"asymmetric, {self.zero} zero-point"
+        return f"{self.quantizer}, groups of {self.group_size} input columns, {form}, float16 scales"
+
+
+@dataclass
+class QuantizedModel:
+    """The result of `apply`: model (its layers hold the fake-quantized weights), codes (one
+    UnitCode per unit: levels, float16-exact scales and zeros), settings, allocation."""
+
+    model: object
+    codes: list[UnitCode]
+    settings: Settings
+    allocation: Allocation
+
+    def to_bytes(self) -> bytes:
+        from bitalloc.quant.pack import to_bytes
+
+        return to_bytes(self.codes, self.settings.to_json(), self.allocation.to_json())
+
+    def save(self, path, force: bool = False) -> Path:
+        """Write the packed safetensors file atomically (refuses to overwrite without `force`)."""
+        from bitalloc.fileio import atomic_write, check_writable
+
+        check_writable(path, force)
+        return atomic_write(path, self.to_bytes(), force)
+
+    def packed(self):
+        """The packed form in memory (a pack.PackedModel), as `load_packed` would read it."""
+        from bitalloc.quant.pack import PackedModel, tensors_of
+
+        s = self.settings.to_json()
+        return PackedModel(self.codes, tensors_of(self.codes, s), s, self.allocation.to_json())
+
+
+def as_allocation(allocation) -> Allocation:
+    """An Allocation from an Allocation, a path to its JSON, or a plain {unit name: bits} map."""
+    if isinstance(allocation, Allocation):
+        return allocation
+    if isinstance(allocation, (str, Path)):
+        return Allocation.load(allocation)
+    if isinstance(allocation, dict):
+        return Allocation.from_json({"schema": "bitalloc.allocation/1", "bits": allocation,
+                                     "status": "feasible", "solver": "manual"})
+    raise bad("allocation", type(allocation).__name__, "must be an Allocation, a path to one, or a {unit: bits} map")
+
+
+def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = None) -> list[tuple[Unit, int, str, object]]:
+    """(unit, bits, format, grid quantizer or None for float) per allocated unit, in model order.
+
+    The allocation's unit names decide each layer's granularity (`layer`, `layer:gN` with
+    `settings.group_size` columns per group, `layer:cN`); they must name exactly the units of
+    layers of `model`, else the allocation is for another model (one-line error)."""
+    import torch.nn as nn
+
+    mods = dict(model.named_modules())
+    by_layer: dict[str, set[str]] = {}
+    for name in allocation.bits:
+        by_layer.setdefault(name.split(":")[0], set()).add(name)
+    missing = sorted(set(by_layer) - set(mods))
+    if missing:
+        shown = ", ".join([n for n, m in mods.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))][:3])
+        raise bad("allocation unit", sorted(by_layer[missing[0]])[0],
+                  f"names no layer of this model (layers: {shown}, ...); is the allocation for another model?")
+    units: list[Unit] = []
+    for layer in (n for n in mods if n in by_layer):  # model order
+        names = by_layer[layer]
+        mod = mods[layer]
+        w = getattr(mod, "weight", None)
+        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) or w is None:
+            raise bad("allocation unit", sorted(names)[0], f"{layer!r} is a {type(mod).__name__}, not a Linear/Conv layer")
+        kinds = {"g" if ":g" in n else "c" if ":c" in n else "layer" for n in names}
+        if len(kinds) > 1:
+            raise bad("allocation units of layer", layer, "mix granularities (whole layer, :gN groups, :cN channels)")
+        gran = {"g": "group", "c": "channel", "layer": "layer"}[kinds.pop()]
+        shape2d = (int(w.shape[0]), int(w[0].numel()))
+        layer_units = carve([(layer, shape2d, int((macs or {}).get(layer, w.numel())))], gran, settings.group_size)
+        expected = {u.name for u in layer_units}
+        if expected != names:
+            odd = sorted(names - expected) or sorted(expected - names)
+            what = "is not a unit of" if names - expected else "is missing for"
+            raise bad("allocation unit", odd[0], f"{what} layer {layer!r} of shape {shape2d} at {gran} granularity "
+                      f"(group size {settings.group_size}); is the allocation for another model?")
+        units += layer_units
+    out = []
+    for u in units:
+        b = allocation.bits[u.name]
+        fmt = allocation.formats[u.name] if allocation.formats else default_format(b)
+        try:
+            quant = quantizer_for(fmt, settings.group_size, settings.symmetric, settings.zero)
+        except BitallocError as e:
+            raise BitallocError(f"allocation unit {u.name!r} at {b} bits: {e}") from None
+        if quant is not None and getattr(quant, "bits", b) != b:
+            raise bad(f"allocation unit {u.name!r} format", fmt, f"has {quant.bits} bits, the allocation says {b}")
+        out.append((u, b, fmt, quant))
+    return out
+
+
+def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetric: bool = False,
+          zero: str = "int", options: dict | None = None, calib=None, forward=None, macs: dict | None = None,
+          inplace: bool = True, max_rows: int = 1024, progress=None) -> QuantizedModel:
+    """Quantize `model`'s layers as `allocation` says (see the module docstring).
+
+    allocation: an Allocation, a path to its JSON, or {unit name: bits}; quantizer: a registered
+    WeightQuantizer name (`rtn`, ...) or an instance; options: its options; group_size, symmetric,
+    zero: the grid; calib: batches for quantizers that need inputs, run as `forward(model, batch)`
+    (default `model(batch)`, `model(**batch)` for a dict); macs: layer → MACs per inference for
+    the unit records (default: weight elements); inplace: False quantizes a deep copy;
+    progress(done, total) after each unit. Everything is checked, and every unit encoded, before
+    any weight changes.
+    """
+    from bitalloc.quant.quantizers import get_quantizer
+    from bitalloc.quant.quantizers.base import WeightQuantizer
+
+    if isinstance(quantizer, WeightQuantizer):
+        wq, qname = quantizer, quantizer.name
+    else:
+        wq, qname = get_quantizer(quantizer, **(options or {})), quantizer
+    settings = Settings(qname, dict(options or {}), group_size, symmetric, zero, max_rows)
+    alloc = as_allocation(allocation)
+    steps = plan(model, alloc, settings, macs)
+    if wq.needs_inputs and calib is None:
+        raise bad("calib", None, f"quantizer {qname!r} needs calibration inputs: pass calib= (a list of batches)")
+    if not inplace:
+        model = copy.deepcopy(model)
+    mods = dict(model.named_modules())
+    codes: list[UnitCode] = []
+    for chunk in _chunks(steps, mods, settings, wq.needs_inputs):
+        X = capture_inputs(model, sorted({u.layer for u, *_ in chunk}), calib, forward, max_rows) if wq.needs_inputs else {}
+        W, layer = None, None
+        for u, b, fmt, quant in chunk:
+            if u.layer != layer:
+                W, layer = _weight2d(mods[u.layer]), u.layer
+            codes.append(encode_unit(u, b, fmt, quant, u.block(W), wq, _block_inputs(u, X.get(u.layer))))
+            if progress is not None:
+                progress(len(codes), len(steps))
+        X.clear()
+    write_weights(model, codes, settings.to_json())
+    return QuantizedModel(model, codes, settings, alloc)
+
+
+def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None) -> UnitCode:
+    """One unit's levels, scales and zeros (scales rounded to float16, as stored)."""
+    rec = u.to_json()
+    rec.update(bits=bits, format=fmt)
+    if quant is None:  # kept in floating point
+        rec["offset"] = 0
+        return UnitCode(rec, weight=np.asarray(w, dtype=np.float16))
+    q, scale, zero = wq.quantize(np.ascontiguousarray(w, dtype=np.float32), quant, X)
+    q = np.asarray(q)
+    lo, hi = int(q.min()), int(q.max())
+    offset = 0 if lo >= 0 else 2 ** (bits - 1)
+    if lo + offset < 0 or hi + offset >= 2 ** bits:
+        raise BitallocError(f"unit {u.name!r}: quantizer {wq.name!r} gave levels {lo}..{hi}, outside {bits} bits")
+    rec["offset"] = offset
+    if is_block_float(fmt):
+        return block_float_code(rec, q, scale, quant, w)
+    scale = np.asarray(scale, dtype=np.float32).astype(SCALE_DTYPE).astype(np.float32)
+    if not np.isfinite(scale).all():
+        raise BitallocError(f"unit {u.name!r}: a group scale exceeds the float16 range")
+    if getattr(quant, "symmetric", False):
+        zero = None
+    elif getattr(quant, "zero", "int") == "float":
+        zero = np.asarray(zero, dtype=np.float32).astype(SCALE_DTYPE).astype(np.float32)
+    else:
+        zero = np.asarray(zero, dtype=np.float32)
+    return UnitCode(rec, q=q.astype(np.int8 if bits <= 7 else np.int16 if bits <= 15 else np.int32),
+                    scale=scale, zero=zero)
+
+
+def block_float_code(rec: dict, q: np.ndarray, scale, quant, w: np.ndarray) -> UnitCode:
+    """A minifloat unit's codes with its scales kept exactly as the format stores them (FP32, E8M0,
+    NVFP4's E4M3 block scales and FP32 tensor scale of this unit's block); no zero-point."""
+    t = float(quant.tensor_scale(w)) if hasattr(quant, "tensor_scale") else None
+    scale = np.asarray(scale, dtype=np.float32)
+    block_scale_tensors(rec["name"], rec["format"], scale, t)  # raises if not exactly storable
+    return UnitCode(rec, q=q.astype(np.int8 if rec["bits"] <= 7 else np.int16), scale=scale, tensor_scale=t)
+
+
+def decode_unit(code: UnitCode, settings: dict) -> np.ndarray:
+    """float32 (rows, cols) weights of one unit."""
+    if code.weight is not None:
+        return np.asarray(code.weight, dtype=np.float32)
+    quant = quantizer_for(code.record["format"], settings["group_size"], settings["symmetric"], settings["zero"])
+    zero = code.zero if code.zero is not None else np.zeros_like(code.scale)
+    return quant.decode(code.q, code.scale, zero)
+
+
+def write_weights(model, codes: list[UnitCode], settings: dict) -> None:
+    """Write each unit's decoded weights into its layer of `model` (all checked before any write)."""
+    import torch
+
+    mods = dict(model.named_modules())
+    by_layer: dict[str, list[UnitCode]] = {}
+    for c in codes:
+        by_layer.setdefault(c.record["layer"], []).append(c)
+    for layer in by_layer:
+        if layer not in mods or getattr(mods[layer], "weight", None) is None:
+            raise BitallocError(f"layer {layer!r} of the quantized units is not in the model; the file is for another model")
+    new = {}
+    for layer, cs in by_layer.items():
+        W = _weight2d(mods[layer])
+        for c in cs:
+            r = c.record
+            block = decode_unit(c, settings)
+            target = W
+            if r.get("index") is not None:
+                a, b = r["index"]
+                target = W[a:b] if r["axis"] == 0 else W[:, a:b]
+            if target.shape != block.shape:
+                raise BitallocError(f"unit {r['name']!r}: block of shape {block.shape} does not fit layer {layer!r} "
+                                    f"(expects {target.shape}); the file is for another model")
+            target[...] = block
+        new[layer] = W
+    with torch.no_grad():
+        for layer, W in new.items():
+            weight = mods[layer].weight
+            weight.copy_(torch.from_numpy(W).reshape(weight.shape).to(weight.dtype))
+
+
+def _weight2d(mod) -> np.ndarray:
+    w = mod.weight.detach().float().cpu().numpy()
+    return w.reshape(w.shape[0], -1).copy()
+
+
+def _chunks(steps, mods, settings: Settings, needs_inputs: bool):
+    """Steps split so that each chunk's calibration inputs fit INPUT_BYTES (one chunk without inputs)."""
+    if not needs_inputs:
+        yield steps
+        return
+    chunk, size, seen = [], 0, set()
+    for step in steps:
+        layer = step[0].layer
+        if layer not in seen:
+            cost = settings.max_rows * int(mods[layer].weight[0].numel()) * 4
+            if chunk and size + cost > INPUT_BYTES:
+                yield chunk
+                chunk, size, seen = [], 0, set()
+            seen.add(layer)
+            size += cost
+        chunk.append(step)
+    if chunk:
+        yield chunk
+
+
+def _block_inputs(u: Unit, X):
+    """The calibration inputs a unit's block multiplies: its columns for a group, all for a channel."""
+    if X is None or u.index is None or u.axis == 0:
+        return X
+    a, b = u.index
+    return X[:, a:b]
+
+
+def capture_inputs(model, layers: list[str], calib, forward=None, max_rows: int = 1024) -> dict[str, np.ndarray]:
+    """layer → (rows, in_features·kh·kw) float32 inputs seen over `calib` (evenly thinned to at
+    most `max_rows`; conv inputs unfolded into patches), from one pass of the model as it is."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    mods = dict(model.named_modules())
+    seen: dict[str, list] = {n: [] for n in layers}
+
+    def hook(mod, args, name):
+        x = args[0].detach().float()
+        if isinstance(mod, nn.Conv2d):
+            x = F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride).transpose(1, 2)
+        elif isinstance(mod, nn.Conv1d):
+            x = F.unfold(x.unsqueeze(2), (1, mod.kernel_size[0]), (1, mod.dilation[0]), (0, mod.padding[0]),
+                         (1, mod.stride[0])).transpose(1, 2)
+        seen[name].append(x.reshape(-1, x.shape[-1]).cpu())
+
+    handles = [mods[n].register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in layers]
+    run = forward or _default_forward
+    try:
+        with torch.no_grad():
+            for batch in calib:
+                run(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for n, xs in seen.items():
+        if not xs:
+            raise BitallocError(f"calibration: layer {n!r} saw no inputs (does forward() run it?)")
+        X = torch.cat(xs).numpy()
+        if len(X) > max_rows:
+            X = X[np.linspace(0, len(X) - 1, max_rows).round().astype(int)]
+        out[n] = np.ascontiguousarray(X, dtype=np.float32)
+    return out
+
+
+def _default_forward(model, batch):
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(batch[0])
+    return model(batch)

@@ -1,0 +1,5 @@
+import sys
+
+from bitalloc.cli.app import main
+
+sys.exit(main())

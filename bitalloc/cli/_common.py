@@ -1,0 +1,227 @@
+"""Arguments and checks shared by the commands: the real-model flags (profile, scorecard), the
+profile to solve, the problem flags (pins, ties, bit limits) and hardware constraints (solve, pareto)."""
+from __future__ import annotations
+
+from bitalloc.errors import bad
+
+
+def add_model_args(p) -> None:
+    p.add_argument("--model", required=True, help="smollm2, minilm or digits-cnn")
+    p.add_argument("--granularity", default="layer", help="layer (default), group or channel")
+    p.add_argument("--group-size", type=int, default=128, help="input columns per quantization group (128)")
+    p.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths (2,3,4,5,6,8)")
+    p.add_argument("--samples", type=int, default=8, help="calibration sequences / sentences / images")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite output files")
+
+
+def parse_bits(text: str) -> tuple[int, ...]:
+    try:
+        bits = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise bad("--bits", text, "must be comma-separated integers, e.g. 2,3,4,8") from None
+    if not bits or any(not 1 <= b <= 16 for b in bits) or len(set(bits)) != len(bits):
+        raise bad("--bits", text, "must be distinct bit-widths from 1 to 16")
+    return bits
+
+
+def parse_options(items: list[str]) -> dict:
+    """`key=value` pairs; values become int, float, bool or stay strings."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise bad("--option", item, "must be KEY=VALUE, e.g. probes=16")
+        out[key.replace("-", "_")] = _value(value)
+    return out
+
+
+def _value(v: str):
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def check_model(args) -> None:
+    """--model, --samples and --seq-len, shared by every command that loads a real model."""
+    from bitalloc.zoo.demo import MODELS
+
+    if args.model not in MODELS:
+        raise bad("--model", args.model, f"allowed: {', '.join(MODELS)}")
+    if args.samples < 1:
+        raise bad("--samples", args.samples, "must be at least 1")
+    if args.seq_len < 2:
+        raise bad("--seq-len", args.seq_len, "must be at least 2")
+
+
+def check_model_args(args) -> tuple[int, ...]:
+    """Validate everything that does not need the model, before the (slow) load."""
+    from bitalloc.units import GRANULARITIES
+
+    check_model(args)
+    if args.granularity not in GRANULARITIES:
+        raise bad("--granularity", args.granularity, f"allowed: {', '.join(GRANULARITIES)}")
+    if args.group_size < 1:
+        raise bad("--group-size", args.group_size, "must be a positive integer")
+    return parse_bits(args.bits)
+
+
+def progress_bar(desc: str):
+    """(callback, close()) drawing a tqdm bar on stderr. The callback takes `(done, total)` from
+    estimators that count their steps, or one status string from those that iterate to a
+    tolerance (Hutchinson probes), shown next to the bar."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+    def update(*args):
+        if len(args) == 2:
+            done, total = args
+            if bar.total != total:
+                bar.total = total
+            bar.n = done
+        else:
+            bar.set_postfix_str(str(args[0]), refresh=False)
+            bar.n += 1
+        bar.refresh()
+
+    return update, bar.close
+
+
+# ---- hardware constraints: `--constraint latency_ms<=3.5` ---------------------------------
+# resource name (with its unit) → (cost model, options)
+RESOURCES = {
+    **{f"latency_{u}": ("latency", {"unit": u}) for u in ("ms", "us", "s")},
+    **{f"{m}_{u}": ("mcu", {"metric": m, "unit": u}) for m in ("flash", "sram") for u in ("kb", "b", "mb")},
+    **{f"{u}cycles": ("mcu", {"metric": "cycles", "unit": u}) for u in ("", "k", "m")},
+    **{m: ("fpga", {"metric": m}) for m in ("lut", "dsp", "bram")},
+    "klut": ("fpga", {"metric": "lut", "unit": "k"}),
+    "avg_bits": ("memory", {}),
+    "avg_bits_with_overhead": ("memory", {"count_overhead": True}),
+}
+_DEVICE_MODELS = ("latency", "mcu", "fpga")
+
+
+def parse_constraint(text: str, device: str | None = None, device_profile=None, options: dict | None = None):
+    """`NAME<=NUMBER` → Constraint(cost model, budget); the unit is part of NAME (`flash_kb`: KiB).
+    device / device_profile go to the device-bound models; `options` (e.g. reuse_factor) to
+    whichever model accepts them."""
+    import inspect
+    import math
+    import re
+
+    from bitalloc.hwcost import COST_MODELS
+    from bitalloc.problem import Constraint
+
+    m = re.fullmatch(r"\s*([A-Za-z_]+)\s*<=\s*(\S+)\s*", text)
+    if not m:
+        raise bad("--constraint", text, f"must be RESOURCE<=NUMBER, e.g. latency_ms<=3.5; resources: {', '.join(RESOURCES)}")
+    name, num = m.group(1).lower(), m.group(2)
+    if name not in RESOURCES:
+        raise bad("--constraint resource", name, f"allowed (the unit is part of the name): {', '.join(RESOURCES)}")
+    try:
+        budget = float(num)
+    except ValueError:
+        budget = float("nan")
+    if not math.isfinite(budget) or budget < 0:
+        raise bad(f"--constraint {name} budget", num, "must be a finite number >= 0")
+    model, opts = RESOURCES[name]
+    cls = COST_MODELS.get(model)
+    opts = dict(opts)
+    if model in _DEVICE_MODELS:
+        if device is None and device_profile is None:
+            from bitalloc.hwcost.device.devices import device_names
+
+            raise bad("--device", None, f"resource {name} needs a target device; allowed: {', '.join(device_names())}")
+        opts["device"] = device
+        if device_profile is not None and model != "fpga":
+            opts["device_profile"] = device_profile
+    params = inspect.signature(cls.__init__).parameters
+    opts.update({k: v for k, v in (options or {}).items() if k in params})
+    return Constraint(cls(**opts), budget)
+
+
+def fit_reports(constraints) -> dict[str, str]:
+    """resource → one line on how its measured device profile was used (after costs were built)."""
+    return {c.cost.resource: f"{c.cost.device_profile.path} on {c.cost.device.name}: {c.cost.fit.text()}"
+            for c in constraints if getattr(c.cost, "fit", None) is not None}
+
+
+def add_constraint_args(s, what: str = "hardware budget") -> None:
+    """--constraint / --device / --device-profile / --cost-option (parsed by `constraints_from_args`)."""
+    s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=N",
+                   help=f"{what}, unit in the name: latency_ms<=3.5, flash_kb<=512, sram_kb<=128, mcycles<=20, "
+                        "lut<=50000, dsp<=100, bram<=40, avg_bits_with_overhead<=4.5 (repeatable)")
+    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, h100, b200, "
+                                                  "host-cpu, vu9p, z7020 (bitalloc/data/devices)")
+    s.add_argument("--device-profile", default=None, metavar="M.CSV",
+                   help="measured costs (bitalloc measure / an on-device harness); missing rows from the "
+                        "analytic model scaled by a fitted factor; sets --device")
+    s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="cost-model option, e.g. reuse_factor=4 (fpga)")
+
+
+def constraints_from_args(args) -> list:
+    """The Constraints of `--constraint` (with --device, --device-profile, --cost-option), checked."""
+    import inspect
+
+    dp = None
+    if args.device_profile:
+        from bitalloc.hwcost.device.device_profile import DeviceProfile
+
+        dp = DeviceProfile.load(args.device_profile)
+    opts = parse_options(args.cost_option)
+    constraints = [parse_constraint(t, args.device, dp, opts) for t in args.constraint]
+    takes = {p for c in constraints for p in inspect.signature(type(c.cost).__init__).parameters} - {"self"}
+    for key in opts:  # every --cost-option must be taken by at least one constraint's cost model
+        if key not in takes:
+            raise bad("--cost-option", key, f"no --constraint's cost model takes it; they take: {', '.join(sorted(takes)) or 'none'}")
+    return constraints
+
+
+def add_profile_arg(s) -> None:
+    s.add_argument("--profile", help="profile JSON (default: the embedded SmolLM2-135M profile)")
+
+
+def load_profile(path):
+    """The profile at `path`, or the embedded default one."""
+    from bitalloc import load_default_profile
+    from bitalloc.profile import Profile
+
+    return Profile.load(path) if path else load_default_profile()
+
+
+def add_problem_args(s) -> None:
+    """--count-overhead, --pin, --tie, --min-bits, --max-bits (see `problem_options`)."""
+    s.add_argument("--count-overhead", action="store_true",
+                   help="budget counts group scale/zero bits and outliers (ExLlamaV2/llama.cpp style)")
+    s.add_argument("--pin", action="append", default=[], metavar="GLOB=BITS", help="fix matching units' bits")
+    s.add_argument("--tie", action="append", default=[], metavar="A,B,C",
+                   help="units differing only in these name parts share bits, e.g. q_proj,k_proj,v_proj")
+    s.add_argument("--min-bits", type=int, default=None)
+    s.add_argument("--max-bits", type=int, default=None)
+
+
+def problem_options(args, profile) -> dict:
+    """Problem keyword arguments from the flags of `add_problem_args` (pins, ties, bit limits)."""
+    from bitalloc.problem import tie_groups
+
+    pins = {}
+    for item in args.pin:
+        pattern, sep, cand = item.rpartition("=")
+        if not sep or not pattern or not cand:
+            raise bad("--pin", item, "must be GLOB=BITS, e.g. 'lm_head=8' or '*.0.*=8'")
+        pins[pattern] = cand
+    ties = []
+    for spec in args.tie:
+        toks = [t.strip() for t in spec.split(",") if t.strip()]
+        if len(toks) < 2:
+            raise bad("--tie", spec, "must name at least two name parts, e.g. q_proj,k_proj,v_proj")
+        ties += tie_groups(profile.names, toks)
+    return dict(pins=pins, ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)

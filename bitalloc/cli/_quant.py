@@ -1,0 +1,29 @@
+"""Arguments shared by `bitalloc apply` and `bitalloc verify`: the model, the allocation and the quantizer."""
+from __future__ import annotations
+
+
+def add_quant_args(p) -> None:
+    p.add_argument("--model", required=True, help="smollm2, minilm or digits-cnn")
+    p.add_argument("--allocation", help="allocation JSON (from bitalloc solve)")
+    p.add_argument("--quantizer", default="rtn", help="weight quantizer: rtn (default), or another registered one")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="quantizer option")
+    p.add_argument("--group-size", type=int, default=128, help="input columns per scale (128)")
+    p.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point)")
+    p.add_argument("--zero", default="int", help="zero-point form: int (GPTQ/AWQ, default) or float (llama.cpp Q4_1)")
+    p.add_argument("--samples", type=int, default=8, help="calibration samples, for quantizers that need inputs")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (calibration and held-out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite output files")
+
+
+def check_quant_args(args) -> dict:
+    """Validate what needs no model; returns the keyword arguments of bitalloc.apply."""
+    from bitalloc.apply.quantize import Settings
+    from bitalloc.quant.quantizers import QUANTIZERS
+    from bitalloc.cli._common import check_model, parse_options
+
+    check_model(args)
+    QUANTIZERS.get(args.quantizer)
+    options = parse_options(args.option)
+    Settings(args.quantizer, options, args.group_size, args.symmetric, args.zero)
+    return dict(group_size=args.group_size, symmetric=args.symmetric, zero=args.zero, options=options)

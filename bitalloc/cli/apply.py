@@ -1,0 +1,47 @@
+"""`bitalloc apply`: quantize a real model as an allocation says and write the packed file."""
+from __future__ import annotations
+
+import sys
+
+from bitalloc.cli._quant import add_quant_args, check_quant_args
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("apply", help="quantize a real model per an allocation; write the packed safetensors file")
+    add_quant_args(s)
+    s.add_argument("--out", required=True, help="packed safetensors file to write")
+    s.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from bitalloc.allocation import Allocation
+    from bitalloc.apply.quantize import Settings, apply, plan
+    from bitalloc.errors import bad
+    from bitalloc.fileio import check_writable
+    from bitalloc.zoo.demo import load_task
+    from bitalloc.verify.budgets import check_budgets
+    from bitalloc.cli._common import progress_bar
+
+    kw = check_quant_args(args)
+    if not args.allocation:
+        raise bad("--allocation", None, "required: the allocation JSON to apply")
+    alloc = Allocation.load(args.allocation)
+    check_writable(args.out, args.force)
+    print(f"loading {args.model} ...", file=sys.stderr)
+    task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+    plan(task.model, alloc, Settings(args.quantizer, kw["options"], args.group_size, args.symmetric, args.zero))
+    update, close = progress_bar(f"apply to {args.model}")
+    try:
+        q = apply(task.model, alloc, args.quantizer, calib=task.calib, forward=task.loss, macs=task.macs,
+                  progress=update, **kw)
+    finally:
+        close()
+    report = check_budgets(q.packed(), task.model, alloc)
+    q.save(args.out, force=args.force)
+    t = report.totals
+    print(f"wrote {args.out}: {len(q.codes)} units, {t['n_params']:,} weights, {t['avg_bits']:.4f} bits/weight "
+          f"({t['avg_bits_with_overhead']:.4f} with scales/zeros, {t['file_bits_per_weight']:.4f} in the file); "
+          f"quantizer {q.settings.describe()}")
+    for f in report.failures:
+        print(f"bitalloc: budget: {f}", file=sys.stderr)
+    return 1 if report.failures else 0

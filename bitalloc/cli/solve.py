@@ -1,0 +1,139 @@
+"""`bitalloc solve`: solve a profile under budgets (never imports torch)."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from bitalloc.errors import BitallocError, bad
+from bitalloc.cli import _optuna
+from bitalloc.cli._common import add_constraint_args, add_problem_args, add_profile_arg
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("solve", help="solve a profile under budgets")
+    add_profile_arg(s)
+    s.add_argument("--budget", default=None, help="average bits per weight; several: 2.5,3,3.25,4")
+    add_constraint_args(s)
+    s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy, dmmv (min-max) or optuna")
+    s.add_argument("--objective", default=None,
+                   help="sum (total expected loss; default) or max (worst unit's loss; default for dmmv)")
+    s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
+    s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
+    s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
+    add_problem_args(s)
+    s.add_argument("--out", help="write the allocation JSON (several budgets: {budget} in the name, or .b<budget> is added)")
+    s.add_argument("--force", action="store_true", help="overwrite --out")
+    s.add_argument("--json", action="store_true", help="print the allocation(s) as JSON instead of tables")
+    s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)  # also accepted after the subcommand
+    _optuna.add_args(s)
+    s.set_defaults(func=run)
+
+
+def _budgets(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise bad("--budget", text, "must be a number or comma-separated numbers of bits per weight, e.g. 3.25 or 2.5,3,4") from None
+        out.append(v)
+    return out
+
+
+def run(args) -> int:
+    from bitalloc.fileio import dumps
+    from bitalloc.problem import Problem
+    from bitalloc.solvers import SOLVERS, get_solver
+
+    from bitalloc.cli._common import constraints_from_args, fit_reports, load_profile, problem_options
+
+    if args.budget is None and not args.constraint:
+        raise bad("--budget/--constraint", None, "give --budget (bits per weight) and/or --constraint RESOURCE<=N")
+    budgets = _budgets(args.budget) if args.budget is not None else [None]
+    constraints = constraints_from_args(args)
+    SOLVERS.get(args.solver)
+    opts = {}
+    if args.time_limit is not None:
+        opts["time_limit"] = args.time_limit
+    if args.solver == "ilp":
+        if args.backend is not None:
+            opts["backend"] = args.backend
+        if args.gap is not None:
+            opts["gap"] = args.gap
+    elif args.backend is not None or args.gap is not None:
+        raise bad("--backend/--gap", args.backend or args.gap, f"only apply to --solver ilp, not {args.solver}")
+    opts.update(_optuna.options(args, "avg_bits_with_overhead" if args.count_overhead else "avg_bits"))
+    solver = get_solver(args.solver, **opts)
+    outs = _out_paths(args.out, budgets, args.force) if args.out else []
+
+    profile = load_profile(args.profile)
+    kw = dict(problem_options(args, profile), objective=args.objective or ("max" if args.solver == "dmmv" else "sum"))
+    if args.budget is not None:
+        problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, **kw)
+        problem = replace(problem, constraints=[*problem.constraints, *constraints])
+    else:
+        problem = Problem(profile, constraints, **kw)
+    from bitalloc.solvers.rows import solve_with_rows
+
+    close = None
+    if args.solver == "optuna":  # the bar only once every input has been checked
+        from bitalloc.cli._common import progress_bar
+
+        solver.progress, close = progress_bar("optuna trials")
+    try:
+        allocs = solve_with_rows(solver, problem, budgets)
+    finally:
+        if close:
+            close()
+    fits = fit_reports(problem.constraints)
+    for a in allocs:
+        if fits:
+            a.meta["device_profile"] = fits
+    for a, b in zip(allocs, budgets):
+        if a.status == "infeasible":
+            over = [(r, m) for r, m in a.min_budgets.items() if m > a.budgets.get(r, math.inf) * (1 + 1e-12)]
+            res, m = over[0] if over else next(iter(a.min_budgets.items()))
+            m = math.ceil(m * 1e4 - 1e-8) / 1e4  # rounded up, so the number shown is itself feasible
+            if over:
+                shown = f"{b:g}" if b is not None and res == next(iter(a.budgets)) else f"{res} <= {a.budgets[res]:g}"
+                raise BitallocError(f"budget {shown} is below the smallest feasible {res} {m:.4f} for this profile"
+                                    " (with its pins and limits); infeasible")
+            raise BitallocError("budgets " + ", ".join(f"{r} <= {v:g}" for r, v in a.budgets.items())
+                                + " cannot all be met at once (each alone can); infeasible")
+        if not a.ok:
+            shown = ", ".join(f"{r} <= {v:g}" for r, v in a.budgets.items())
+            raise BitallocError(f"budget {shown}: no allocation found within --time-limit {args.time_limit}")
+    for a, path in zip(allocs, outs):
+        a.save(path, force=args.force)
+    if args.json:
+        docs = [a.to_json() for a in allocs]
+        sys.stdout.write(dumps(docs[0] if len(docs) == 1 else docs))
+    else:
+        from bitalloc.report.tables import render
+
+        for res, line in fits.items():
+            print(f"{res}: {line}", file=sys.stderr)
+        render(allocs)
+        for a in allocs:
+            _optuna.render(a)
+        for path in outs:
+            print(f"wrote {path}")
+    return 0
+
+
+def _out_paths(out: str, budgets: list[float], force: bool) -> list[Path]:
+    from bitalloc.fileio import check_writable
+
+    if len(budgets) == 1:
+        paths = [Path(out)]
+    elif "{budget}" in out:
+        paths = [Path(out.replace("{budget}", f"{b:g}")) for b in budgets]
+    else:
+        p = Path(out)
+        paths = [p.with_name(f"{p.stem}.b{b:g}{p.suffix}") for b in budgets]
+    for path in paths:
+        check_writable(path, force)
+    return paths

@@ -1,0 +1,1 @@
+"""Models as bitalloc sees them: a `Task` (model, calibration data, loss, quality, units)."""

