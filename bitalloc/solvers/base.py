@@ -6,14 +6,17 @@ from abc import ABC, abstractmethod
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from bitalloc.allocation import Allocation
 from bitalloc.errors import bad
 from bitalloc.hwcost.memory import MemoryCost
-from bitalloc.problem import Compiled, Problem, fits
+from bitalloc.solvers.compiled import Compiled, fits
+
+if TYPE_CHECKING:
+    from bitalloc.problem import Problem
 
 
 @dataclass
@@ -94,7 +97,7 @@ def repaired(comp: Compiled, res: Result, time_limit: float | None) -> Result:
     choice = repair(comp, res.choice)
     if comp.feasible(choice):
         return Result(choice, "feasible", res.bound, {**res.info, "repaired": True})
-    from bitalloc.solvers.milp import find_feasible
+    from bitalloc.solvers.backends.highs import find_feasible
 
     choice, proven = find_feasible(comp, time_limit)
     if choice is None:

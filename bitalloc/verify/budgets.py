@@ -27,7 +27,7 @@ import numpy as np
 
 from bitalloc.allocation import Allocation
 from bitalloc.errors import BitallocError, bad
-from bitalloc.problem import fits
+from bitalloc.solvers.compiled import fits
 
 SCHEMA = "bitalloc.verify.budgets/1"
 HIGHER_IS_BETTER = {"accuracy": True, "cosine": True, "cosine_min": True, "perplexity": False, "loss": False}
@@ -84,7 +84,7 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
     """Recompute every budget from `packed` (a pack.PackedModel) and, when given, `model`'s
     weights (see the module docstring). allocation: the budgets to hold (default: the one stored
     in the packed file); constraints: extra bitalloc.Constraint objects to check."""
-    from bitalloc.apply.quantize import decode_unit
+    from bitalloc.quant.codec import decode_unit
     from bitalloc.hwcost.memory import MemoryCost
 
     settings = packed.settings
