@@ -6,32 +6,18 @@ every solver works on.
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 
 from bitalloc.errors import BitallocError, bad
-from bitalloc.hwcost.base import CostModel
+from bitalloc.hwcost.constraint import Constraint  # noqa: F401 (re-exported: bitalloc.Constraint)
 from bitalloc.hwcost.memory import MemoryCost
 from bitalloc.profile import Profile
 from bitalloc.solvers.compiled import REL_TOL, Compiled, Row, compile_problem, constraint_rows, fits  # noqa: F401 (re-exported)
 
 OBJECTIVES = ("sum", "max")
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """`cost` total (in its user unit) must stay <= `budget`."""
-
-    cost: CostModel
-    budget: float
-
-    def __post_init__(self):
-        b = self.budget
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
-            raise bad(f"budget for {self.cost.resource}", b, "must be a finite number >= 0")
 
 
 @dataclass
@@ -74,6 +60,11 @@ class Problem:
         if not self.constraints:
             raise BitallocError("problem has no constraint whose budget could be set")
         return replace(self, constraints=[Constraint(self.constraints[0].cost, budget), *self.constraints[1:]])
+
+    def with_constraints(self, pairs, **changes) -> "Problem":
+        """Same problem with constraints [(cost model, budget), ...] (and any other fields in
+        `changes`), for code that must not import this module (solvers' row generation)."""
+        return replace(self, constraints=[Constraint(c, b) for c, b in pairs], **changes)
 
     # ---- compile ------------------------------------------------------------------------
     def mask(self) -> np.ndarray:

@@ -75,6 +75,10 @@ class Profile:
     def _init(self, names, layers, kinds, n_params, macs, rows, cols, bits, formats, sensitivity, meta, extra):
         self.bits = _check_bits(bits)
         self.formats = _check_formats(formats, self.bits)
+        from bitalloc.quant.formats.spec import parse_candidate
+
+        # one Format object per candidate, parsed once: what estimators, cost models, apply and export use
+        self.format_objects = [parse_candidate(f, b) for f, b in zip(self.formats, self.bits)]
         self.names, self.layers, self.kinds = names, layers, kinds
         n = len(names)
         for field, arr in (("n_params", n_params), ("macs", macs), ("rows", rows), ("cols", cols)):

@@ -198,13 +198,11 @@ def _decode_unit(r: dict, tensors: dict, settings: dict) -> UnitCode:
 
 def is_block_float(fmt) -> bool:
     """True for the minifloat formats (per-group FP, OCP MX, NVFP4), whose scales are stored in
-    their own form (see the module docstring); False for integers, kept floats and unknown names."""
+    their own form (see the module docstring); False for integers and kept floats (and a record
+    without a format); a name bitalloc does not know is an error."""
     from bitalloc.quant.integer import format_family
 
-    try:
-        return format_family(fmt) in ("fp", "mx", "nvfp4")
-    except BitallocError:
-        return False
+    return fmt is not None and format_family(fmt) in ("fp", "mx", "nvfp4")
 
 
 def block_scale_tensors(name: str, fmt: str, scale: np.ndarray, tensor_scale=None) -> dict[str, np.ndarray]:

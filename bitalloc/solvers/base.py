@@ -37,7 +37,8 @@ class Solver(ABC):
     name = "solver"
     objectives: tuple[str, ...] = ("sum",)
     max_constraints: int | None = None
-    non_additive = False  # handles constraints whose total is a max over rows (peak SRAM)
+    non_additive = False  # takes constraints whose total is a max over rows (peak SRAM) natively;
+                          # otherwise solve_budgets adds their rows lazily (rows.py)
 
     def __init__(self, time_limit: float | None = None):
         if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
@@ -54,6 +55,16 @@ class Solver(ABC):
 
     def solve_budgets(self, problem: Problem, budgets: Sequence[float | None]) -> list[Allocation]:
         self._check(problem)
+        if not self.non_additive and any(not c.cost.additive for c in problem.constraints):
+            from bitalloc.solvers.rows import solve_with_rows  # rows generated lazily (see rows.py)
+
+            out = []
+            for b in budgets:
+                prob = problem if b is None else problem.with_budget(b)
+                a = solve_with_rows(self, prob)
+                a.set_constraints(constraint_specs(prob))  # the real budgets, not the generated rows
+                out.append(a)
+            return out
         t0 = time.perf_counter()
         comp = problem.compile()
         compile_s = time.perf_counter() - t0
@@ -80,10 +91,6 @@ class Solver(ABC):
         if self.max_constraints is not None and len(problem.constraints) > self.max_constraints:
             raise bad("constraints", len(problem.constraints),
                       f"solver {self.name} handles at most {self.max_constraints}; use --solver ilp")
-        for c in problem.constraints:
-            if not c.cost.additive and not self.non_additive:
-                raise bad("constraint", c.cost.resource, f"is a max over rows (e.g. peak SRAM over liveness points), "
-                          f"not a sum over units; solver {self.name} cannot handle it (ilp and greedy can)")
 
     @staticmethod
     def _infeasible(comp: Compiled) -> Result | None:
@@ -136,6 +143,28 @@ def repair(comp: Compiled, choice: np.ndarray, max_moves: int | None = None) -> 
 
 
 def build_allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall: float) -> Allocation:
+    a = _allocation(problem, comp, res, solver, wall)
+    a.set_constraints(constraint_specs(problem))
+    return a
+
+
+def constraint_specs(problem: Problem) -> list[dict]:
+    """Each budget with its cost model's spec; a model that cannot be stored as data (an option
+    that is not a JSON value, a row of a lazily generated constraint) is left out."""
+    from bitalloc.errors import BitallocError
+
+    out = []
+    for c in problem.constraints:
+        if "#row" in c.cost.resource:
+            continue
+        try:
+            out.append(c.spec())
+        except BitallocError:
+            continue
+    return out
+
+
+def _allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall: float) -> Allocation:
     p = problem.profile
     budgets = {c.cost.resource: float(c.budget) for c in problem.constraints}
     if res.choice is None:
