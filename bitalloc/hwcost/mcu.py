@@ -73,8 +73,8 @@ class McuCost(TargetCost):
         out = np.zeros((len(lv.names), len(profile.bits)))
         kernels = self.kernels(profile)
         if self.metric == "flash":
-            for k, ker in enumerate(kernels):
-                if ker is not None:  # no kernel: infeasible (feasible()), no storage to price
+            for k, info in enumerate(profile.format_objects):
+                if info.family != "external":  # a label bitalloc does not know has no kernel (infeasible), no known storage
                     out[:, k] = layer_weight_bytes(profile, lv, k, SCALE_BYTES) + lv.rows * BIAS_BYTES
             return out
         if self.metric == "cycles":

@@ -187,7 +187,11 @@ def recheck_budgets(alloc: Allocation, profile, choice: np.ndarray, measured: di
                 raise bad("allocation budget", resource, "no registered cost model computes this resource and the "
                           "allocation stores no cost-model spec for it")
             spec = None
-        model_total = cm.total(profile, choice) if cm is not None else None
+        try:
+            model_total = cm.total(profile, choice) if cm is not None else None
+        except BitallocError as e:  # e.g. KV bytes: the packed file holds weight units only
+            failures.append(f"budget {resource}: cannot be recomputed from the packed units: {e}")
+            continue
         if resource in measured:
             total, source = measured[resource], "packed tensors"
         else:

@@ -42,6 +42,11 @@ class FormatInfo:
     scale: str | None = None
 
 
+def default_format(bits: int) -> str:
+    """Number format a bare bit-width means: int{b}, except 16 and 32 (kept in floating point)."""
+    return {16: "fp16", 32: "fp32"}.get(bits, f"int{bits}")
+
+
 def parse_format(fmt) -> FormatInfo:
     """FormatInfo of a candidate name (or bare bit-width); raises a one-line error if unknown."""
     if isinstance(fmt, int) and not isinstance(fmt, bool) or isinstance(fmt, str) and fmt.isdigit():
