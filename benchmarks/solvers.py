@@ -44,7 +44,7 @@ from bitalloc import Problem, Profile
 from bitalloc.data import default_profile_path
 from bitalloc.solvers import get_solver
 from bitalloc.solvers.frontier import frontier
-from bitalloc.solvers.greedy import fill, lp_greedy
+from bitalloc.solvers.hull import fill, lp_greedy
 
 BITS = [2, 3, 4, 5, 6, 8]
 BUDGET = 3.25

@@ -24,20 +24,24 @@ __all__ = ["Allocation", "BitallocError", "Constraint", "Problem", "Profile", "U
            "apply", "verify", "load_packed", "QuantizedModel"]
 
 
-def solve(problem_or_profile, budget: float | None = None, solver: str = "ilp", **options) -> Allocation:
+def solve(problem_or_profile, budget: float | None = None, solver="ilp", **options) -> Allocation:
     """Solve a Problem, or a Profile at an average of `budget` bits per weight.
 
-    options go to the solver (`backend`, `time_limit`, `gap` for ilp; for `solver="optuna"`:
+    solver: a name (`ilp`, `greedy`, `dmmv`, `optuna`) or a Solver instance (then no options).
+    options go to the solver by name (`backend`, `time_limit`, `gap` for ilp; for `solver="optuna"`:
     `evaluate=fn` with fn(Allocation) -> float | tuple, `n_trials`, `sampler` (tpe | nsga2),
     `objectives`, `storage`, `study`, `workers`, `seed`); with a Profile, the Problem options
-    (`pins`, `ties`, `min_bits`, `max_bits`, `count_overhead`) are accepted too.
+    (`pins`, `ties`, `min_bits`, `max_bits`, `count_overhead`) are accepted too. Every constraint
+    works with every solver: a max over rows (peak SRAM) is handled natively by ilp and greedy
+    and by lazily added rows otherwise (bitalloc/solvers/rows.py).
     """
     return solve_budgets(problem_or_profile, [budget], solver, **options)[0]
 
 
-def solve_budgets(problem_or_profile, budgets, solver: str = "ilp", **options) -> list[Allocation]:
+def solve_budgets(problem_or_profile, budgets, solver="ilp", **options) -> list[Allocation]:
     """One Allocation per budget (the problem is compiled once and each run warm-starts the next)."""
     from bitalloc.solvers import get_solver
+    from bitalloc.solvers.base import Solver
 
     problem_keys = {"pins", "ties", "min_bits", "max_bits", "count_overhead", "objective", "allowed"}
     pkw = {k: options.pop(k) for k in list(options) if k in problem_keys}
@@ -49,6 +53,10 @@ def solve_budgets(problem_or_profile, budgets, solver: str = "ilp", **options) -
         if pkw:
             raise BitallocError(f"options {sorted(pkw)}: set these on the Problem, not in solve()")
         problem = problem_or_profile
+    if isinstance(solver, Solver):
+        if options:
+            raise BitallocError(f"options {sorted(options)}: set these on the Solver instance, not in solve()")
+        return solver.solve_budgets(problem, budgets)
     return get_solver(solver, **options).solve_budgets(problem, budgets)
 
 

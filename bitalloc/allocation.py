@@ -37,6 +37,15 @@ class Allocation:
     formats: dict[str, str] | None = None
     wall_s: float = 0.0
     meta: dict = field(default_factory=dict)
+    constraints: list[dict] = field(default_factory=list)
+    constraints_sha256: str | None = None
+
+    def set_constraints(self, specs: list[dict]) -> None:
+        """Store each budget with its cost model's spec ([{resource, budget, cost}], see
+        Constraint.spec) and their digest, so that `verify` rebuilds the models and an edited
+        budget or spec is caught."""
+        self.constraints = [dict(c) for c in specs]
+        self.constraints_sha256 = constraints_digest(self.constraints)
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -50,7 +59,7 @@ class Allocation:
     def to_json(self) -> dict:
         d = {"schema": SCHEMA}
         for k, v in asdict(self).items():
-            if v is None and k == "formats":
+            if v is None and k in ("formats", "constraints_sha256") or (k == "constraints" and not v):
                 continue
             d[k] = v
         return d
@@ -89,6 +98,14 @@ class Allocation:
         return out
 
 
+def constraints_digest(specs: list[dict]) -> str:
+    """sha256 of the constraints list in canonical JSON (sorted keys)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(specs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _check_fields(d: dict, where: str) -> None:
     bits = d.get("bits")
     if not isinstance(bits, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
@@ -108,3 +125,6 @@ def _check_fields(d: dict, where: str) -> None:
     f = d.get("formats")
     if f is not None and (not isinstance(f, dict) or set(f) != set(bits)):
         raise bad(f"{where}: formats", f, "must map the same unit names as bits to format names")
+    cons = d.get("constraints", [])
+    if not isinstance(cons, list) or not all(isinstance(c, dict) and {"resource", "budget", "cost"} <= set(c) for c in cons):
+        raise bad(f"{where}: constraints", cons, "must be a list of {resource, budget, cost} objects")

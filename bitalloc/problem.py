@@ -1,158 +1,23 @@
 """Problem: a Profile plus budgets, the allowed mask, pinned and tied units, and the objective.
 
-`Problem.compile()` turns it into `Compiled`, the plain arrays every solver works on: tied units
-merged into one row (their scores and costs summed), pins and bit limits folded into the
-allowed mask (disallowed cells are `inf` in S), and every constraint turned into linear rows:
-one dense row for a resource that is a sum over units, one sparse row per liveness point for a
-resource that is a max (CostModel.rows), so `total <= cap` is exactly `every row <= cap`.
+`Problem.compile()` turns it into `Compiled` (bitalloc/solvers/compiled.py), the plain arrays
+every solver works on.
 """
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 
 from bitalloc.errors import BitallocError, bad
-from bitalloc.hwcost.base import CostModel
+from bitalloc.hwcost.constraint import Constraint  # noqa: F401 (re-exported: bitalloc.Constraint)
 from bitalloc.hwcost.memory import MemoryCost
 from bitalloc.profile import Profile
+from bitalloc.solvers.compiled import REL_TOL, Compiled, Row, compile_problem, constraint_rows, fits  # noqa: F401 (re-exported)
 
 OBJECTIVES = ("sum", "max")
-REL_TOL = 1e-12  # a total within this relative distance of its cap counts as within budget
-
-
-def fits(total: float, cap: float) -> bool:
-    return total <= cap + REL_TOL * max(abs(cap), 1.0)
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """`cost` total (in its user unit) must stay <= `budget`."""
-
-    cost: CostModel
-    budget: float
-
-    def __post_init__(self):
-        b = self.budget
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
-            raise bad(f"budget for {self.cost.resource}", b, "must be a finite number >= 0")
-
-
-@dataclass(frozen=True)
-class Row:
-    """One linear row of a constraint: Σ_j C[j, choice[idx[j]]] <= the constraint's cap.
-
-    C: (n, K) float64 base-unit costs; idx: (n,) distinct merged-unit rows of S, or None for
-    all M rows in order (then C is (M, K)). An additive constraint is one row with idx None."""
-
-    C: np.ndarray
-    idx: np.ndarray | None = None
-
-    def total(self, choice: np.ndarray) -> float:
-        sel = choice if self.idx is None else choice[self.idx]
-        return float(self.C[np.arange(len(sel)), sel].sum())
-
-    def cheapest(self, allowed: np.ndarray) -> np.ndarray:
-        """(n,) smallest cost of each of the row's units over its allowed candidates (allowed: (M, K))."""
-        best = np.full(len(self.C), np.inf)
-        for k in range(self.C.shape[1]):  # column by column: no (n, K) temporaries
-            ok = allowed[:, k] if self.idx is None else allowed[self.idx, k]
-            np.minimum(best, np.where(ok, self.C[:, k], np.inf), out=best)
-        return best
-
-
-@dataclass
-class Compiled:
-    """What solvers see.
-
-    S: (M, K) float64 score of each merged unit at each candidate, inf where not allowed;
-    rows: for each constraint, its linear rows (Row); the constraint's total is the max over its
-    rows of the row sums (one row for an additive resource, one per liveness point for peak SRAM);
-    caps: (n_constraints,) caps in base units; group: (N,) row of S for each profile unit;
-    objective: `sum` or `max`; names: resource name of each constraint.
-    """
-
-    S: np.ndarray
-    rows: list[list[Row]]
-    caps: np.ndarray
-    group: np.ndarray
-    objective: str = "sum"
-    names: tuple[str, ...] = ()
-
-    @property
-    def allowed(self) -> np.ndarray:
-        return np.isfinite(self.S)
-
-    @property
-    def additive(self) -> bool:
-        """True when every constraint is a single row over all units (a plain sum)."""
-        return all(len(rs) == 1 and rs[0].idx is None for rs in self.rows)
-
-    @property
-    def C(self) -> list[np.ndarray]:
-        """(M, K) cost matrix of each constraint; only for additive constraints (see `additive`)."""
-        if not self.additive:
-            i = next(i for i, rs in enumerate(self.rows) if len(rs) != 1 or rs[0].idx is not None)
-            raise BitallocError(f"constraint {self.names[i] if self.names else i} is a max over "
-                                f"{len(self.rows[i])} rows, not a sum over units: this code path needs additive costs")
-        return [rs[0].C for rs in self.rows]
-
-    def flat(self) -> list[tuple[int, Row]]:
-        """Every linear row as (constraint index, Row)."""
-        return [(i, r) for i, rs in enumerate(self.rows) for r in rs]
-
-    def min_totals(self) -> np.ndarray:
-        """Smallest reachable total of each constraint on its own (exact, also for a max over rows)."""
-        ok = self.allowed
-        return np.array([_min_total(rs, ok) for rs in self.rows])
-
-    def min_totals_jointly(self, time_limit: float | None = None) -> np.ndarray:
-        """Smallest total of each constraint while every other constraint keeps its cap (exact
-        MILP per constraint; inf when the others cannot be met together)."""
-        from bitalloc.solvers.milp import min_total
-
-        return np.array([min_total(self.allowed, self.rows, self.caps, i, time_limit) for i in range(len(self.rows))])
-
-    def totals(self, choice: np.ndarray) -> np.ndarray:
-        return np.array([max((r.total(choice) for r in rs), default=0.0) for rs in self.rows])
-
-    def objective_value(self, choice: np.ndarray) -> float:
-        v = self.S[np.arange(len(choice)), choice]
-        return float(v.max() if self.objective == "max" else v.sum())
-
-    def feasible(self, choice: np.ndarray) -> bool:
-        rows = np.arange(len(choice))
-        return bool(np.isfinite(self.S[rows, choice]).all()) and all(
-            fits(t, cap) for t, cap in zip(self.totals(choice), self.caps))
-
-    def with_caps(self, caps) -> "Compiled":
-        return replace(self, caps=np.asarray(caps, dtype=np.float64))
-
-
-def _min_total(rows: list[Row], ok: np.ndarray) -> float:
-    """min over allowed choices of max over rows. Each row alone is smallest at each unit's cheapest
-    candidate; when one candidate of every unit is cheapest in all the unit's rows (always for one
-    row, and when rows scale the same per-unit costs), that choice reaches the max of the row minima.
-    Otherwise the min-max is solved exactly as a small MILP."""
-    mins = [r.cheapest(ok) for r in rows]
-    lower = max((float(m.sum()) for m in mins), default=0.0)
-    if len(rows) <= 1:
-        return lower
-    common = ok.copy()
-    for r, m in zip(rows, mins):
-        sub = (r.C == m[:, None]) & (ok if r.idx is None else ok[r.idx])
-        if r.idx is None:
-            common &= sub
-        else:
-            common[r.idx] &= sub
-    if common.any(axis=1).all():
-        return lower
-    from bitalloc.solvers.milp import min_total
-
-    return min_total(ok, [rows], np.zeros(1), 0)
 
 
 @dataclass
@@ -195,6 +60,11 @@ class Problem:
         if not self.constraints:
             raise BitallocError("problem has no constraint whose budget could be set")
         return replace(self, constraints=[Constraint(self.constraints[0].cost, budget), *self.constraints[1:]])
+
+    def with_constraints(self, pairs, **changes) -> "Problem":
+        """Same problem with constraints [(cost model, budget), ...] (and any other fields in
+        `changes`), for code that must not import this module (solvers' row generation)."""
+        return replace(self, constraints=[Constraint(c, b) for c, b in pairs], **changes)
 
     # ---- compile ------------------------------------------------------------------------
     def mask(self) -> np.ndarray:
@@ -269,60 +139,9 @@ class Problem:
         _, group = np.unique(roots, return_inverse=True)
         return group
 
-    def compile(self) -> Compiled:
-        p = self.profile
-        ok = self.mask()
-        S = np.where(ok, p.sensitivity, np.inf)
-        caps = np.array([c.budget * c.cost.scale(p) for c in self.constraints], dtype=np.float64)
-        group = self.groups()
-        m = int(group.max()) + 1
-        if m < p.n_units:
-            S = _merge(S, group, m, self.objective)
-            if (~np.isfinite(S)).all(axis=1).any():
-                g = int(np.argmax((~np.isfinite(S)).all(axis=1)))
-                members = [p.names[i] for i in np.flatnonzero(group == g)]
-                raise bad("tie", ",".join(members[:4]), "tied units have no allowed candidate in common")
-        rows = [constraint_rows(c.cost, p, group, m) for c in self.constraints]
-        return Compiled(S, rows, caps, group, self.objective, tuple(c.cost.resource for c in self.constraints))
-
-
-def constraint_rows(cost: CostModel, profile: Profile, group: np.ndarray, m: int) -> list[Row]:
-    """The linear rows of one cost model on the merged units (tied units' costs summed)."""
-    N, K = profile.n_units, len(profile.bits)
-    if cost.additive:  # the fast path of 10⁶-unit problems: shape checked, values trusted as before
-        C = np.asarray(cost.costs(profile), dtype=np.float64)
-        if C.shape != (N, K):
-            raise bad(f"cost model {cost.name}: cost matrix shape", C.shape, f"must be {(N, K)}")
-        return [Row(C if m == N else _merge(C, group, m, "sum"))]
-    out = []
-    for p_, (idx, C) in enumerate(cost.rows(profile)):
-        idx = np.asarray(idx)
-        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or (len(idx) and (idx.min() < 0 or idx.max() >= N)):
-            raise bad(f"cost model {cost.name} row {p_}: unit indices", idx[:4].tolist(), f"must be integers in [0, {N})")
-        C = _checked(cost, np.asarray(C, dtype=np.float64), (len(idx), K), f" row {p_}")
-        g, inv = np.unique(group[idx], return_inverse=True)
-        if len(g) < len(idx):  # tied (or repeated) units of the row share one merged row
-            merged = np.zeros((len(g), K))
-            np.add.at(merged, inv, C)
-            C = merged
-        elif not np.array_equal(g, group[idx]):
-            C = C[np.argsort(group[idx], kind="stable")]
-        out.append(Row(C) if len(g) == m else Row(C, g))
-    return out
-
-
-def _checked(cost: CostModel, C: np.ndarray, shape: tuple, where: str) -> np.ndarray:
-    if C.shape != shape:
-        raise bad(f"cost model {cost.name}{where}: cost matrix shape", C.shape, f"must be {shape}")
-    if not np.isfinite(C).all():
-        raise bad(f"cost model {cost.name}{where}: costs", "nan/inf", "must be finite (mark candidates infeasible instead)")
-    return C
-
-
-def _merge(a: np.ndarray, group: np.ndarray, m: int, how: str) -> np.ndarray:
-    out = np.zeros((m, a.shape[1])) if how == "sum" else np.full((m, a.shape[1]), -np.inf)
-    (np.add if how == "sum" else np.maximum).at(out, group, a)
-    return out
+    def compile(self) -> "Compiled":
+        """The plain arrays every solver works on (see bitalloc.solvers.compiled)."""
+        return compile_problem(self)
 
 
 def match_units(names: list[str], pattern: str) -> list[int]:

@@ -18,14 +18,11 @@ from bitalloc.errors import BitallocError, bad
 from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
 from bitalloc.units import Unit
 
+from bitalloc.quant.formats.spec import default_format, parse_candidate  # noqa: F401 (default_format re-exported)
+
 SCHEMA = "bitalloc.profile/1"
 SIDECAR_MIN_UNITS = 20_000  # above this, save() writes the .npz sidecar by default
 _UNIT_KEYS = {"name", "layer", "kind", "n_params", "macs", "shape", "index", "axis"}
-
-
-def default_format(bits: int) -> str:
-    """Number format a bare bit-width means: int{b}, except 16 and 32 (kept in floating point)."""
-    return {16: "fp16", 32: "fp32"}.get(bits, f"int{bits}")
 
 
 class Profile:
@@ -75,6 +72,8 @@ class Profile:
     def _init(self, names, layers, kinds, n_params, macs, rows, cols, bits, formats, sensitivity, meta, extra):
         self.bits = _check_bits(bits)
         self.formats = _check_formats(formats, self.bits)
+        # one Format object per candidate, parsed once: what estimators, cost models, apply and export use
+        self.format_objects = [parse_candidate(f, b) for f, b in zip(self.formats, self.bits)]
         self.names, self.layers, self.kinds = names, layers, kinds
         n = len(names)
         for field, arr in (("n_params", n_params), ("macs", macs), ("rows", rows), ("cols", cols)):

@@ -153,7 +153,7 @@ def test_report_table_plot_and_totals(capsys, tmp_path, smollm_path, smollm):
     code, cap = cli(capsys, "report", "--allocation", tmp_path / "a.json", "--profile", smollm_path, "--plot", plot)
     assert code == 0, cap.err
     assert plot.read_bytes()[:8] == PNG and "per bit-width" in cap.out and "106,168,320" in cap.out
-    from bitalloc.cli.report import per_bits
+    from bitalloc.report.tables import per_bits
 
     rows = per_bits(a, smollm)
     assert sum(r["weights"] for r in rows) == int(smollm.n_params.sum())

@@ -1,5 +1,5 @@
 """`bitalloc solve --constraint sram_kb<=...` with the solvers that only take sums (greedy through
-its own rows, dmmv and optuna through hwcost.rows.solve_with_rows): the peak SRAM recomputed from
+its own rows, dmmv and optuna through the rows Solver.solve_budgets adds, solvers/rows.py): the peak SRAM recomputed from
 the returned bits stays within the budget, the answer is no better than the exact ILP's, and a
 budget below the smallest feasible peak is one clear line (exit 2)."""
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_peak_sram_budget_holds_with_every_solver(capsys, two_blocks, solver):
     choice = a.choice(p)
     assert a.ok and sram.total(p, choice) <= 3 + 1e-9 and MemoryCost().total(p, choice) <= 6 + 1e-9
     assert a.totals["sram_kb"] == pytest.approx(sram.total(p, choice))
-    if solver != "greedy":  # these refuse a max over rows: solve_with_rows added the violated rows
+    if solver != "greedy":  # no native max over rows: solve_budgets added the violated rows
         assert a.meta["rows"]["rows_added"] >= 1 and a.meta["rows"]["rows_total"] == {"sram_kb": len(sram.rows(p))}
     objective = ["--objective", "max"] if solver == "dmmv" else []
     code, cap = solve(capsys, path, "ilp", *HW, *objective)

@@ -22,7 +22,8 @@ import numpy as np
 
 from bitalloc.allocation import Allocation
 from bitalloc.errors import BitallocError, bad
-from bitalloc.quant.pack import SCALE_DTYPE, UnitCode, block_scale_tensors, is_block_float
+from bitalloc.quant.codec import UnitCode, _weight2d, write_weights
+from bitalloc.quant.pack import SCALE_DTYPE, block_scale_tensors, is_block_float
 from bitalloc.profile import default_format
 from bitalloc.quant.integer import ZERO_KINDS, quantizer_for
 from bitalloc.units import Unit, carve
@@ -232,52 +233,6 @@ def block_float_code(rec: dict, q: np.ndarray, scale, quant, w: np.ndarray) -> U
     scale = np.asarray(scale, dtype=np.float32)
     block_scale_tensors(rec["name"], rec["format"], scale, t)  # raises if not exactly storable
     return UnitCode(rec, q=q.astype(np.int8 if rec["bits"] <= 7 else np.int16), scale=scale, tensor_scale=t)
-
-
-def decode_unit(code: UnitCode, settings: dict) -> np.ndarray:
-    """float32 (rows, cols) weights of one unit."""
-    if code.weight is not None:
-        return np.asarray(code.weight, dtype=np.float32)
-    quant = quantizer_for(code.record["format"], settings["group_size"], settings["symmetric"], settings["zero"])
-    zero = code.zero if code.zero is not None else np.zeros_like(code.scale)
-    return quant.decode(code.q, code.scale, zero)
-
-
-def write_weights(model, codes: list[UnitCode], settings: dict) -> None:
-    """Write each unit's decoded weights into its layer of `model` (all checked before any write)."""
-    import torch
-
-    mods = dict(model.named_modules())
-    by_layer: dict[str, list[UnitCode]] = {}
-    for c in codes:
-        by_layer.setdefault(c.record["layer"], []).append(c)
-    for layer in by_layer:
-        if layer not in mods or getattr(mods[layer], "weight", None) is None:
-            raise BitallocError(f"layer {layer!r} of the quantized units is not in the model; the file is for another model")
-    new = {}
-    for layer, cs in by_layer.items():
-        W = _weight2d(mods[layer])
-        for c in cs:
-            r = c.record
-            block = decode_unit(c, settings)
-            target = W
-            if r.get("index") is not None:
-                a, b = r["index"]
-                target = W[a:b] if r["axis"] == 0 else W[:, a:b]
-            if target.shape != block.shape:
-                raise BitallocError(f"unit {r['name']!r}: block of shape {block.shape} does not fit layer {layer!r} "
-                                    f"(expects {target.shape}); the file is for another model")
-            target[...] = block
-        new[layer] = W
-    with torch.no_grad():
-        for layer, W in new.items():
-            weight = mods[layer].weight
-            weight.copy_(torch.from_numpy(W).reshape(weight.shape).to(weight.dtype))
-
-
-def _weight2d(mod) -> np.ndarray:
-    w = mod.weight.detach().float().cpu().numpy()
-    return w.reshape(w.shape[0], -1).copy()
 
 
 def _chunks(steps, mods, settings: Settings, needs_inputs: bool):

@@ -94,67 +94,15 @@ def progress_bar(desc: str):
     return update, bar.close
 
 
-# ---- hardware constraints: `--constraint latency_ms<=3.5` ---------------------------------
-# resource name (with its unit) → (cost model, options)
-RESOURCES = {
-    **{f"latency_{u}": ("latency", {"unit": u}) for u in ("ms", "us", "s")},
-    **{f"{m}_{u}": ("mcu", {"metric": m, "unit": u}) for m in ("flash", "sram") for u in ("kb", "b", "mb")},
-    **{f"{u}cycles": ("mcu", {"metric": "cycles", "unit": u}) for u in ("", "k", "m")},
-    **{m: ("fpga", {"metric": m}) for m in ("lut", "dsp", "bram")},
-    "klut": ("fpga", {"metric": "lut", "unit": "k"}),
-    "avg_bits": ("memory", {}),
-    "avg_bits_with_overhead": ("memory", {"count_overhead": True}),
-}
-_DEVICE_MODELS = ("latency", "mcu", "fpga")
-
-
-def parse_constraint(text: str, device: str | None = None, device_profile=None, options: dict | None = None):
-    """`NAME<=NUMBER` → Constraint(cost model, budget); the unit is part of NAME (`flash_kb`: KiB).
-    device / device_profile go to the device-bound models; `options` (e.g. reuse_factor) to
-    whichever model accepts them."""
-    import inspect
-    import math
-    import re
-
-    from bitalloc.hwcost import COST_MODELS
-    from bitalloc.problem import Constraint
-
-    m = re.fullmatch(r"\s*([A-Za-z_]+)\s*<=\s*(\S+)\s*", text)
-    if not m:
-        raise bad("--constraint", text, f"must be RESOURCE<=NUMBER, e.g. latency_ms<=3.5; resources: {', '.join(RESOURCES)}")
-    name, num = m.group(1).lower(), m.group(2)
-    if name not in RESOURCES:
-        raise bad("--constraint resource", name, f"allowed (the unit is part of the name): {', '.join(RESOURCES)}")
-    try:
-        budget = float(num)
-    except ValueError:
-        budget = float("nan")
-    if not math.isfinite(budget) or budget < 0:
-        raise bad(f"--constraint {name} budget", num, "must be a finite number >= 0")
-    model, opts = RESOURCES[name]
-    cls = COST_MODELS.get(model)
-    opts = dict(opts)
-    if model in _DEVICE_MODELS:
-        if device is None and device_profile is None:
-            from bitalloc.hwcost.device.devices import device_names
-
-            raise bad("--device", None, f"resource {name} needs a target device; allowed: {', '.join(device_names())}")
-        opts["device"] = device
-        if device_profile is not None and model != "fpga":
-            opts["device_profile"] = device_profile
-    params = inspect.signature(cls.__init__).parameters
-    opts.update({k: v for k, v in (options or {}).items() if k in params})
-    return Constraint(cls(**opts), budget)
-
-
+# ---- hardware constraints: `--constraint latency_ms<=3.5` (parsed by bitalloc.hwcost.parse) ----
 def fit_reports(constraints) -> dict[str, str]:
-    """resource → one line on how its measured device profile was used (after costs were built)."""
-    return {c.cost.resource: f"{c.cost.device_profile.path} on {c.cost.device.name}: {c.cost.fit.text()}"
-            for c in constraints if getattr(c.cost, "fit", None) is not None}
+    from bitalloc.hwcost.parse import fit_reports as reports
+
+    return reports(constraints)
 
 
 def add_constraint_args(s, what: str = "hardware budget") -> None:
-    """--constraint / --device / --device-profile / --cost-option (parsed by `constraints_from_args`)."""
+    """--constraint / --device / --device-profile / --target-spec / --cost-option (`constraints_from_args`)."""
     s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=N",
                    help=f"{what}, unit in the name: latency_ms<=3.5, flash_kb<=512, sram_kb<=128, mcycles<=20, "
                         "lut<=50000, dsp<=100, bram<=40, avg_bits_with_overhead<=4.5 (repeatable)")
@@ -163,26 +111,19 @@ def add_constraint_args(s, what: str = "hardware budget") -> None:
     s.add_argument("--device-profile", default=None, metavar="M.CSV",
                    help="measured costs (bitalloc measure / an on-device harness); missing rows from the "
                         "analytic model scaled by a fitted factor; sets --device")
+    s.add_argument("--target-spec", default=None, metavar="SPEC.json",
+                   help="spec of a device bitalloc has no spec of (the schema of bitalloc/data/devices/*.json); "
+                        "needed with a partial --device-profile of such a device")
     s.add_argument("--cost-option", action="append", default=[], metavar="KEY=VALUE",
                    help="cost-model option, e.g. reuse_factor=4 (fpga)")
 
 
 def constraints_from_args(args) -> list:
-    """The Constraints of `--constraint` (with --device, --device-profile, --cost-option), checked."""
-    import inspect
+    """The Constraints of `--constraint` (with --device, --device-profile, --target-spec, --cost-option)."""
+    from bitalloc.hwcost.parse import parse_constraints
 
-    dp = None
-    if args.device_profile:
-        from bitalloc.hwcost.device.device_profile import DeviceProfile
-
-        dp = DeviceProfile.load(args.device_profile)
-    opts = parse_options(args.cost_option)
-    constraints = [parse_constraint(t, args.device, dp, opts) for t in args.constraint]
-    takes = {p for c in constraints for p in inspect.signature(type(c.cost).__init__).parameters} - {"self"}
-    for key in opts:  # every --cost-option must be taken by at least one constraint's cost model
-        if key not in takes:
-            raise bad("--cost-option", key, f"no --constraint's cost model takes it; they take: {', '.join(sorted(takes)) or 'none'}")
-    return constraints
+    return parse_constraints(args.constraint, args.device, args.device_profile or None,
+                             parse_options(args.cost_option), getattr(args, "target_spec", None))
 
 
 def add_profile_arg(s) -> None:

@@ -36,7 +36,7 @@ def run(args) -> int:
                   progress=update, **kw)
     finally:
         close()
-    report = check_budgets(q.packed(), task.model, alloc)
+    report = check_budgets(q.packed(), task.model, alloc, task=task)
     q.save(args.out, force=args.force)
     t = report.totals
     print(f"wrote {args.out}: {len(q.codes)} units, {t['n_params']:,} weights, {t['avg_bits']:.4f} bits/weight "

@@ -8,6 +8,9 @@ def add_parser(sub) -> None:
     s = sub.add_parser("measure", help="time a plan's kernels on a device (runner) and write a device profile")
     s.add_argument("--plan", required=True, help="plan CSV from `bitalloc mcu plan`")
     s.add_argument("--runner", default="host-cpu", help="host-cpu (this machine, torch)")
+    s.add_argument("--device", default=None, metavar="NAME",
+                   help="device name written in the profile (#device; default: the runner's device); a name "
+                        "bitalloc has no spec of is fine (a complete profile, or --target-spec when solving)")
     s.add_argument("--out", required=True, help="device profile CSV to write")
     s.add_argument("--warmup", type=int, default=3, help="untimed calls per kernel (3)")
     s.add_argument("--repeats", type=int, default=20, help="timed calls per kernel; the median is kept (20)")
@@ -29,8 +32,13 @@ def run(args) -> int:
         raise bad("--runner", args.runner, f"measures device {cls.device!r} but plan {args.plan!r} is for "
                   f"{header['device']!r} (make the plan with --device {cls.device})")
     runner = RUNNERS.create(args.runner, warmup=args.warmup, repeats=args.repeats)
+    if args.device is not None and not args.device.strip():
+        raise bad("--device", args.device, "must be a non-empty device name")
     rows, statuses = measure(runner, entries, *progress_bar(f"{args.runner}: kernels"))
-    write_profile(args.out, runner.header(), rows, args.force)
+    header = runner.header()
+    if args.device is not None:
+        header["device"] = args.device.strip()
+    write_profile(args.out, header, rows, args.force)
     print(f"wrote {args.out}: {len(entries)} kernels, {len(rows)} rows ("
           + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) + ")", file=sys.stderr)
     return 0

@@ -28,6 +28,8 @@ def run(args) -> int:
     if not alloc.bits:
         raise bad("--allocation", args.allocation, f"holds no bits (status {alloc.status}): nothing to report")
     profile = Profile.load(args.profile) if args.profile else None
+    from bitalloc.report.tables import per_bits
+
     rows = per_bits(alloc, profile) if profile is not None else None
     if args.plot:
         from bitalloc.report.plots import bits_plot
@@ -43,30 +45,6 @@ def run(args) -> int:
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
-
-
-def per_bits(alloc, profile) -> list[dict]:
-    """One row per bit-width: units, weights, share of weights, expected loss increase (the
-    profile's scores); the allocation's stored totals are rechecked against the profile."""
-    import numpy as np
-
-    from bitalloc.hwcost.memory import MemoryCost
-
-    extra = set(alloc.bits) - set(profile.names)
-    if extra:
-        raise bad("--allocation", sorted(extra)[0], "names a unit that is not in --profile")
-    choice = alloc.choice(profile)
-    for res, model in (("avg_bits", MemoryCost()), ("avg_bits_with_overhead", MemoryCost(count_overhead=True))):
-        stored = alloc.totals.get(res)
-        if stored is not None and abs(model.total(profile, choice) - stored) > 1e-9 * max(1.0, abs(stored)):
-            raise bad(f"allocation {res}", stored, f"does not match --profile (recomputed {model.total(profile, choice):.6f}); "
-                      "wrong profile for this allocation?")
-    bits = np.asarray(profile.bits)[choice]
-    score = profile.sensitivity[np.arange(profile.n_units), choice]
-    w = profile.n_params.astype(np.float64)
-    return [{"bits": int(b), "units": int((bits == b).sum()), "weights": int(w[bits == b].sum()),
-             "share": float(w[bits == b].sum() / w.sum()), "loss": float(score[bits == b].sum())}
-            for b in sorted(set(bits.tolist()))]
 
 
 def _table(rows) -> None:

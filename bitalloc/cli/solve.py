@@ -44,6 +44,7 @@ def _budgets(text: str) -> list[float]:
 
 
 def run(args) -> int:
+    from bitalloc import solve_budgets
     from bitalloc.fileio import dumps
     from bitalloc.problem import Problem
     from bitalloc.solvers import SOLVERS, get_solver
@@ -76,15 +77,13 @@ def run(args) -> int:
         problem = replace(problem, constraints=[*problem.constraints, *constraints])
     else:
         problem = Problem(profile, constraints, **kw)
-    from bitalloc.solvers.rows import solve_with_rows
-
     close = None
     if args.solver == "optuna":  # the bar only once every input has been checked
         from bitalloc.cli._common import progress_bar
 
         solver.progress, close = progress_bar("optuna trials")
     try:
-        allocs = solve_with_rows(solver, problem, budgets)
+        allocs = solve_budgets(problem, budgets, solver=solver)
     finally:
         if close:
             close()

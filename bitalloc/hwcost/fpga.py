@@ -66,7 +66,7 @@ class FpgaCost(TargetCost):
         self.lut_per_bit_product, self.dsp_type = lut_per_bit_product, dsp_type
 
     def kernels(self, profile):  # every fixed-point width is synthesizable; minifloat formats are not
-        return [None if family_of(f) in MINIFLOAT else True for f in profile.formats]
+        return [None if family_of(f) in MINIFLOAT + ("external",) else True for f in profile.format_objects]
 
     def dsps_per_multiply(self, b_w: int) -> float:
         (A, B), pack = DSP_TYPES[self.dsp_type]

@@ -27,6 +27,10 @@ class KVMemoryCost(CostModel):
     def __init__(self, count_overhead: bool = True, context: int | None = None, config=None):
         if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
             raise bad("context", context, "must be a positive number of tokens, or None (amortized)")
+        if isinstance(config, dict):  # from a CostSpec
+            from bitalloc.quant.kvcache import KVQuantConfig
+
+            config = KVQuantConfig(**config)
         self.count_overhead, self.context, self.config = count_overhead, context, config
 
     def costs(self, profile) -> np.ndarray:

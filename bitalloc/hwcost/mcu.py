@@ -73,11 +73,14 @@ class McuCost(TargetCost):
         out = np.zeros((len(lv.names), len(profile.bits)))
         kernels = self.kernels(profile)
         if self.metric == "flash":
-            for k in range(len(profile.bits)):
-                out[:, k] = layer_weight_bytes(profile, lv, k, SCALE_BYTES) + lv.rows * BIAS_BYTES
+            for k, info in enumerate(profile.format_objects):
+                if info.family != "external":  # a label bitalloc does not know has no kernel (infeasible), no known storage
+                    out[:, k] = layer_weight_bytes(profile, lv, k, SCALE_BYTES) + lv.rows * BIAS_BYTES
             return out
         if self.metric == "cycles":
             clock = self.device.clock_hz
+            if self.device.measured_only:
+                return self.measured(profile, None) * clock
             for k, ker in enumerate(kernels):
                 if ker is not None:
                     out[:, k] = ker.seconds(lv.macs, lv.n_params, clock) + self.device.layer_overhead_s

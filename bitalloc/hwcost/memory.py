@@ -69,32 +69,23 @@ class MemoryCost(CostModel):
 
     def _overhead_column(self, profile, k: int, idx: np.ndarray) -> np.ndarray:
         """(len(idx),) storage beyond n_params · bits of candidate k for units `idx`."""
-        fmt = profile.formats[k]
-        if fmt in UNQUANTIZED:
+        if profile.format_objects[k].family == "float":
             return np.zeros(len(idx))
         r, c = profile.rows[idx], profile.cols[idx]
         q = self.quantizer(profile, k)
-        if q is None:  # a format name bitalloc does not know: charged as an integer group format
-            g = self.group_size or int(profile.meta.get("group_size", 128))
-            zero = 16 if self.zero_bits is None else self.zero_bits
-            extra = (r * -(-c // g)).astype(np.float64) * (self.scale_bits + zero)
-        else:
-            kw = {"scale_bits": self.scale_bits, "zero_bits": self.zero_bits} if _is_int(q) else {}
-            extra = q.storage_bits(r, c, **kw) - (r * c).astype(np.float64) * q.bits
+        kw = {"scale_bits": self.scale_bits, "zero_bits": self.zero_bits} if _is_int(q) else {}
+        extra = q.storage_bits(r, c, **kw) - (r * c).astype(np.float64) * q.bits
         frac = self.outlier_fraction if self.outlier_fraction is not None else float(profile.meta.get("outlier_fraction", 0.0))
         return extra + np.round(frac * profile.n_params[idx]).astype(np.float64) * self.outlier_bits
 
     def quantizer(self, profile, k: int):
-        """The quantizer of candidate k with this profile's group size and integer form; None
-        for a format name bitalloc does not know (an external profile's own label)."""
-        from bitalloc.errors import BitallocError
+        """The quantizer of candidate k (its Format object, parsed once on the profile) with this
+        profile's group size and integer form; an external label is a one-line error naming it
+        (its storage overhead is unknown; no guess)."""
         from bitalloc.quant.integer import quantizer_for
 
         g = self.group_size or int(profile.meta.get("group_size", 128))
-        try:
-            return quantizer_for(profile.formats[k], g, symmetric=bool(profile.meta.get("symmetric", False)))
-        except BitallocError:
-            return None
+        return quantizer_for(profile.format_objects[k], g, symmetric=bool(profile.meta.get("symmetric", False)))
 
     def scale(self, profile) -> float:
         return float(profile.n_params.sum())

@@ -18,24 +18,21 @@ from bitalloc.errors import BitallocError
 MINIFLOAT = ("fp", "mx", "nvfp4")
 
 
-def family_of(fmt: str) -> str:
-    """format_family(fmt), or for an unknown label `int` if it starts so, else `float`."""
-    from bitalloc.quant.integer import format_family
-
-    try:
-        return format_family(fmt)
-    except BitallocError:
-        return "int" if str(fmt).startswith("int") else "float"
+def family_of(info) -> str:
+    """The family of a candidate's Format object (profile.format_objects[k]); `external` for a
+    label bitalloc does not know (no guessed family)."""
+    return info.family
 
 
 def layer_weight_bytes(profile, lv, k: int, channel_scale_bytes: float = 4) -> np.ndarray:
     """(L,) bytes of each layer of `lv` (layers.layer_view) at candidate k of `profile`."""
+    from bitalloc.quant.formats.spec import require
     from bitalloc.quant.integer import quantizer_for
 
-    fmt, b = profile.formats[k], profile.bits[k]
-    fam = family_of(fmt)
+    info, b = require(profile.format_objects[k], "its storage in bytes"), profile.bits[k]
+    fam = info.family
     if fam in MINIFLOAT:
-        q = quantizer_for(fmt, int(profile.meta.get("group_size", 128)))
+        q = quantizer_for(info, int(profile.meta.get("group_size", 128)))
         return np.asarray(q.storage_bits(lv.rows, lv.cols), dtype=np.float64) / 8
     out = lv.n_params * b / 8
     return out + channel_scale_bytes * lv.rows if fam == "int" else out

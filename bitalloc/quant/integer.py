@@ -127,9 +127,9 @@ def quantizer_for(fmt, group_size: int | None = 128, symmetric: bool = False, ze
     `fp16`/`bf16`/`fp32` mean "kept in floating point" (returned as None: no quantization;
     `scorer_for` gives their rounding error).
     """
-    from bitalloc.quant.formats.spec import parse_format
+    from bitalloc.quant.formats.spec import FormatInfo, parse_format, require
 
-    info = parse_format(fmt)
+    info = require(fmt, "its quantizer") if isinstance(fmt, FormatInfo) else parse_format(fmt)
     if info.family == "float":
         return None
     if info.family == "int":
@@ -156,9 +156,9 @@ def scorer_for(fmt, group_size: int | None = 128, symmetric: bool = False, zero:
     q = quantizer_for(fmt, group_size, symmetric, zero)
     if q is None:
         from bitalloc.quant.formats.keep import KeepFloat
-        from bitalloc.quant.formats.spec import parse_format
+        from bitalloc.quant.formats.spec import FormatInfo, parse_format
 
-        return KeepFloat(parse_format(fmt).name)
+        return KeepFloat((fmt if isinstance(fmt, FormatInfo) else parse_format(fmt)).name)
     return q
 
 

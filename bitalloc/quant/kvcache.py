@@ -26,7 +26,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from bitalloc.errors import bad
-from bitalloc.profile import default_format
+from bitalloc.quant.formats.spec import default_format
 from bitalloc.quant.integer import IntQuant, quantizer_for
 from bitalloc.units import Unit
 

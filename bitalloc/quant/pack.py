@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bitalloc.errors import BitallocError
+from bitalloc.quant.codec import UnitCode, write_weights
 
 FORMAT = "bitalloc.packed/1"
 SCALE_DTYPE = np.float16  # 16 scale bits per group, MemoryCost's default
@@ -56,28 +57,6 @@ def unpack_levels(data: np.ndarray, bits: int, n: int) -> np.ndarray:
         return data.astype(np.int32)
     planes = np.unpackbits(data, bitorder="little", count=n * bits).reshape(n, bits).astype(np.int32)
     return planes @ (1 << np.arange(bits, dtype=np.int32))
-
-
-@dataclass
-class UnitCode:
-    """One unit's encoding. record: the unit's metadata (see the module docstring); q: (rows,
-    cols) int32 levels (None when kept in float); scale, zero: (rows, n_groups) float32 (zero None
-    when symmetric); weight: (rows, cols) float16 for a unit kept in floating point."""
-
-    record: dict
-    q: np.ndarray | None = None
-    scale: np.ndarray | None = None
-    zero: np.ndarray | None = None
-    weight: np.ndarray | None = None
-    tensor_scale: float | None = None  # NVFP4: the FP32 per-tensor scale (scale = block scale · it)
-
-    @property
-    def name(self) -> str:
-        return self.record["name"]
-
-    @property
-    def bits(self) -> int:
-        return int(self.record["bits"])
 
 
 def tensors_of(codes: list[UnitCode], settings: dict) -> dict[str, np.ndarray]:
@@ -133,8 +112,6 @@ class PackedModel:
 
     def load_into(self, model) -> None:
         """Write each unit's decoded (fake-quantized) weights into `model`'s layers, in place."""
-        from bitalloc.apply.quantize import write_weights
-
         write_weights(model, self.codes, self.settings)
 
 
@@ -221,13 +198,11 @@ def _decode_unit(r: dict, tensors: dict, settings: dict) -> UnitCode:
 
 def is_block_float(fmt) -> bool:
     """True for the minifloat formats (per-group FP, OCP MX, NVFP4), whose scales are stored in
-    their own form (see the module docstring); False for integers, kept floats and unknown names."""
+    their own form (see the module docstring); False for integers and kept floats (and a record
+    without a format); a name bitalloc does not know is an error."""
     from bitalloc.quant.integer import format_family
 
-    try:
-        return format_family(fmt) in ("fp", "mx", "nvfp4")
-    except BitallocError:
-        return False
+    return fmt is not None and format_family(fmt) in ("fp", "mx", "nvfp4")
 
 
 def block_scale_tensors(name: str, fmt: str, scale: np.ndarray, tensor_scale=None) -> dict[str, np.ndarray]:

@@ -51,7 +51,8 @@ class Estimator(ABC):
         self.formats = tuple(i.name for i in infos)
         self.granularity, self.group_size = granularity, group_size
         self.symmetric, self.zero = symmetric, zero
-        self.quants = [scorer_for(f, group_size, symmetric, zero) for f in self.formats]
+        self.format_objects = infos  # parsed once; the scorers are built from them
+        self.quants = [scorer_for(i, group_size, symmetric, zero) for i in infos]
         self.quantizer = f"int {'sym' if symmetric else 'asym'} group-{group_size} RTN, {zero} zero-point"
         if any(i.family != "int" for i in infos):
             self.quantizer += "; other formats: " + ", ".join(f"{i.name} ({i.scale or 'kept'})"

@@ -6,14 +6,17 @@ from abc import ABC, abstractmethod
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from bitalloc.allocation import Allocation
 from bitalloc.errors import bad
 from bitalloc.hwcost.memory import MemoryCost
-from bitalloc.problem import Compiled, Problem, fits
+from bitalloc.solvers.compiled import Compiled, fits
+
+if TYPE_CHECKING:
+    from bitalloc.problem import Problem
 
 
 @dataclass
@@ -34,7 +37,8 @@ class Solver(ABC):
     name = "solver"
     objectives: tuple[str, ...] = ("sum",)
     max_constraints: int | None = None
-    non_additive = False  # handles constraints whose total is a max over rows (peak SRAM)
+    non_additive = False  # takes constraints whose total is a max over rows (peak SRAM) natively;
+                          # otherwise solve_budgets adds their rows lazily (rows.py)
 
     def __init__(self, time_limit: float | None = None):
         if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, (int, float))
@@ -51,6 +55,16 @@ class Solver(ABC):
 
     def solve_budgets(self, problem: Problem, budgets: Sequence[float | None]) -> list[Allocation]:
         self._check(problem)
+        if not self.non_additive and any(not c.cost.additive for c in problem.constraints):
+            from bitalloc.solvers.rows import solve_with_rows  # rows generated lazily (see rows.py)
+
+            out = []
+            for b in budgets:
+                prob = problem if b is None else problem.with_budget(b)
+                a = solve_with_rows(self, prob)
+                a.set_constraints(constraint_specs(prob))  # the real budgets, not the generated rows
+                out.append(a)
+            return out
         t0 = time.perf_counter()
         comp = problem.compile()
         compile_s = time.perf_counter() - t0
@@ -77,10 +91,6 @@ class Solver(ABC):
         if self.max_constraints is not None and len(problem.constraints) > self.max_constraints:
             raise bad("constraints", len(problem.constraints),
                       f"solver {self.name} handles at most {self.max_constraints}; use --solver ilp")
-        for c in problem.constraints:
-            if not c.cost.additive and not self.non_additive:
-                raise bad("constraint", c.cost.resource, f"is a max over rows (e.g. peak SRAM over liveness points), "
-                          f"not a sum over units; solver {self.name} cannot handle it (ilp and greedy can)")
 
     @staticmethod
     def _infeasible(comp: Compiled) -> Result | None:
@@ -94,7 +104,7 @@ def repaired(comp: Compiled, res: Result, time_limit: float | None) -> Result:
     choice = repair(comp, res.choice)
     if comp.feasible(choice):
         return Result(choice, "feasible", res.bound, {**res.info, "repaired": True})
-    from bitalloc.solvers.milp import find_feasible
+    from bitalloc.solvers.backends.highs import find_feasible
 
     choice, proven = find_feasible(comp, time_limit)
     if choice is None:
@@ -133,6 +143,28 @@ def repair(comp: Compiled, choice: np.ndarray, max_moves: int | None = None) -> 
 
 
 def build_allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall: float) -> Allocation:
+    a = _allocation(problem, comp, res, solver, wall)
+    a.set_constraints(constraint_specs(problem))
+    return a
+
+
+def constraint_specs(problem: Problem) -> list[dict]:
+    """Each budget with its cost model's spec; a model that cannot be stored as data (an option
+    that is not a JSON value, a row of a lazily generated constraint) is left out."""
+    from bitalloc.errors import BitallocError
+
+    out = []
+    for c in problem.constraints:
+        if "#row" in c.cost.resource:
+            continue
+        try:
+            out.append(c.spec())
+        except BitallocError:
+            continue
+    return out
+
+
+def _allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall: float) -> Allocation:
     p = problem.profile
     budgets = {c.cost.resource: float(c.budget) for c in problem.constraints}
     if res.choice is None:

@@ -29,7 +29,7 @@ from dataclasses import replace
 import numpy as np
 
 from bitalloc.errors import bad
-from bitalloc.problem import Compiled
+from bitalloc.solvers.compiled import Compiled
 from bitalloc.solvers import register
 from bitalloc.solvers.base import Result, Solver
 from bitalloc.solvers.minmax import bisect, cheapest_under, fill_multi, normalized, surrogate, threshold_search
@@ -99,7 +99,7 @@ class DmmvSolver(Solver):
 def _exact_one_budget(comp: Compiled) -> Result:
     """Bisection (exact), then the leftover budget spent on the sum of losses under the threshold."""
     from bitalloc.solvers.frontier import frontier
-    from bitalloc.solvers.greedy import fill, lp_greedy
+    from bitalloc.solvers.hull import fill, lp_greedy
 
     S, C, cap = comp.S, comp.C[0], comp.caps[0]
     t = bisect(S, C, cap)

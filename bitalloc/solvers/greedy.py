@@ -10,14 +10,13 @@ repair step that always returns a feasible allocation when one exists.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
-from bitalloc.problem import Compiled
+from bitalloc.solvers.compiled import Compiled
 from bitalloc.solvers import register
 from bitalloc.solvers.base import Result, Solver
 from bitalloc.solvers.frontier import Frontier, frontier
+from bitalloc.solvers.lagrange import lagrangian
+from bitalloc.solvers.hull import LpGreedy, fill, lp_greedy  # noqa: F401 (re-exported)
+
 
 @register("greedy")
 class GreedySolver(Solver):
@@ -36,110 +35,8 @@ class GreedySolver(Solver):
 
     def _solve(self, comp: Compiled, warm: Result | None) -> Result:
         if len(comp.rows) > 1 or not comp.additive:
-            from bitalloc.solvers.lagrange import lagrangian
-
             lg = lagrangian(comp, self.time_limit)
             return Result(lg.choice, lg.status, lg.bound, {"lagrange_bound": lg.bound, "multipliers": lg.lam.tolist(), **lg.info})
         lp = lp_greedy(comp.S, comp.C[0], comp.caps[0], self._frontier(comp))
         choice = fill(comp.S, comp.C[0], comp.caps[0], lp.choice) if self.fill else lp.choice
         return Result(choice, "feasible", lp.bound, {"lp_bound": lp.bound, "lp_dual": lp.dual})
-
-
-@dataclass
-class LpGreedy:
-    """choice: (M,) integer allocation (the LP optimum with its fractional segment dropped);
-    bound: LP relaxation value; dual: the LP's price of one unit of cost (the efficiency at
-    the threshold), so S + dual·C has the same minimizers as the LP."""
-
-    choice: np.ndarray
-    bound: float
-    dual: float
-
-
-def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> LpGreedy:
-    """Solve the LP relaxation on the hulls and round it down."""
-    M = len(fr.start)
-    units = np.arange(M)
-    base_cost = C[units, fr.start].sum()
-    base_obj = S[units, fr.start].sum()
-    room = cap - base_cost
-    e, dc, ds = fr.eff.ravel(), fr.dc.ravel(), fr.ds.ravel()  # flat index = segment j · M + unit
-    if dc.sum() <= room:  # everything fits: every unit at its least-loss candidate (padding has dc = 0)
-        choice = fr.candidate(fr.n_seg)
-        return LpGreedy(choice, float(S[units, choice].sum()), 0.0)
-    bucket = _log_buckets(e)  # 0 = zero-cost upgrades (inf), then decreasing efficiency
-    cum = np.cumsum(np.bincount(bucket, weights=dc))  # padding has dc = 0 and sorts last
-    b = int(np.searchsorted(cum, room, side="right"))
-    before = cum[b - 1] if b > 0 else 0.0
-    take = bucket < b
-    members = np.flatnonzero(bucket == b)
-    members = members[np.lexsort((members // M, -e[members]))]
-    csum = before + np.cumsum(dc[members])
-    n_fit = int(np.searchsorted(csum, room, side="right"))
-    take[members[:n_fit]] = True
-    taken = take.reshape(fr.eff.shape).sum(0)
-    choice = fr.candidate(taken)
-    obj = float(base_obj + np.add.reduce(ds, where=take))
-    bound, dual = obj, 0.0
-    if n_fit < len(members):  # the fractional segment of the LP optimum
-        f = members[n_fit]
-        used = csum[n_fit - 1] if n_fit else before
-        bound = obj + (room - used) / dc[f] * ds[f]
-        dual = e[f]
-    return LpGreedy(choice, float(bound), float(dual))
-
-
-def _log_buckets(e: np.ndarray) -> np.ndarray:
-    """Bucket of each efficiency, most efficient first, without a log or a sort: the float64 bit
-    pattern of a non-negative number sorts like the number, so its top bits (exponent and 7
-    mantissa bits) give buckets 1/128 of an octave wide. +inf lands in bucket 0; negative values
-    (padding) land after every real one."""
-    v = e.view(np.int64) >> 45
-    top = np.int64(np.array(np.inf).view(np.int64) >> 45)
-    np.subtract(top, v, out=v)
-    return v
-
-
-def fill(S: np.ndarray, C: np.ndarray, cap: float, choice: np.ndarray, passes: int = 4,
-         chunk: int = 4096) -> np.ndarray:
-    """Spend the leftover budget: apply the largest single-unit loss reductions that still fit,
-    in decreasing gain. Each pass looks at the best `chunk` moves per candidate column
-    (argpartition, no full sort); a pass that moves something is followed by another."""
-    units = np.arange(len(choice))
-    choice = choice.copy()
-    K = S.shape[1]
-    for _ in range(passes):
-        cur_c, cur_s = C[units, choice], S[units, choice]
-        left = cap - cur_c.sum()
-        parts = []  # (unit, candidate, gain, extra cost) of the best improving moves that fit
-        cheapest = np.inf  # the cheapest improving move that fits, kept or not
-        for k in range(K):
-            extra = C[:, k] - cur_c
-            gain = cur_s - S[:, k]
-            m = np.flatnonzero((extra <= left) & (gain > 0))
-            if len(m):
-                cheapest = min(cheapest, float(extra[m].min()))
-            if len(m) > chunk:  # only the best `chunk` of this column can be needed in this pass
-                m = m[np.argpartition(-gain[m], chunk)[:chunk]]
-            parts.append((m, np.full(len(m), k), gain[m], extra[m]))
-        unit, cand, g, ex = (np.concatenate(x) for x in zip(*parts))
-        changed = np.zeros(len(choice), bool)
-        moved = False
-        while True:
-            keep = (ex <= left) & ~changed[unit]
-            unit, cand, g, ex = unit[keep], cand[keep], g[keep], ex[keep]
-            if not len(unit):
-                break
-            top = np.argpartition(-g, chunk)[:chunk] if len(unit) > chunk else np.arange(len(unit))
-            top = top[np.lexsort((cand[top], unit[top], -g[top]))]
-            for i, k, cost in zip(unit[top].tolist(), cand[top].tolist(), ex[top].tolist()):
-                if changed[i] or cost > left:
-                    continue
-                choice[i] = k
-                changed[i] = True
-                left -= cost
-                moved = True
-            ex[top] = np.inf  # visited
-        if not moved or left < cheapest:
-            break
-    return choice

@@ -17,14 +17,15 @@ from dataclasses import replace
 import numpy as np
 
 from bitalloc.errors import bad
-from bitalloc.problem import Compiled
+from bitalloc.solvers.compiled import Compiled
 from bitalloc.solvers import register
 from bitalloc.solvers.backends import BACKENDS
 from bitalloc.solvers.base import Result, Solver
 from bitalloc.solvers.frontier import frontier
-from bitalloc.solvers.greedy import fill, lp_greedy
+from bitalloc.solvers.hull import fill, lp_greedy
 from bitalloc.solvers.lagrange import fix_cells, lagrangian
-from bitalloc.solvers.milp import Milp, lp_bound
+from bitalloc.solvers.backends.highs import lp_bound
+from bitalloc.solvers.milp import Milp
 
 
 @register("ilp")

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from bitalloc.problem import Compiled
+from bitalloc.solvers.compiled import Compiled
 from bitalloc.solvers.frontier import frontier
-from bitalloc.solvers.greedy import lp_greedy
+from bitalloc.solvers.hull import lp_greedy
 
 TOL = 1e-12  # relative slack on a scaled row, as problem.fits
 
@@ -153,7 +153,7 @@ def lagrangian(comp: Compiled, time_limit: float | None = None, max_iter: int | 
 
     x = repair_rows(pr, lam.copy(), pr.evaluate(lam)[0], consider)
     if x is None and best_x is None:
-        from bitalloc.solvers.milp import find_feasible
+        from bitalloc.solvers.backends.highs import find_feasible
 
         left = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
         x, proven = find_feasible(comp, left)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitalloc.problem import Compiled, fits
+from bitalloc.solvers.compiled import Compiled, fits
 
 
 @dataclass

@@ -27,7 +27,7 @@ import numpy as np
 
 from bitalloc.allocation import Allocation
 from bitalloc.errors import BitallocError, bad
-from bitalloc.problem import fits
+from bitalloc.solvers.compiled import fits
 
 SCHEMA = "bitalloc.verify.budgets/1"
 HIGHER_IS_BETTER = {"accuracy": True, "cosine": True, "cosine_min": True, "perplexity": False, "loss": False}
@@ -80,11 +80,12 @@ def cost_model_for(resource: str):
     return None
 
 
-def check_budgets(packed, model=None, allocation: Allocation | None = None, constraints=()) -> BudgetReport:
+def check_budgets(packed, model=None, allocation: Allocation | None = None, constraints=(), task=None) -> BudgetReport:
     """Recompute every budget from `packed` (a pack.PackedModel) and, when given, `model`'s
     weights (see the module docstring). allocation: the budgets to hold (default: the one stored
-    in the packed file); constraints: extra bitalloc.Constraint objects to check."""
-    from bitalloc.apply.quantize import decode_unit
+    in the packed file); constraints: extra bitalloc.Constraint objects to check; task: the
+    model's Task, to record its layer graph when a budget is a peak SRAM."""
+    from bitalloc.quant.codec import decode_unit
     from bitalloc.hwcost.memory import MemoryCost
 
     settings = packed.settings
@@ -131,16 +132,11 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
               "file_bits_per_weight": sum(t.nbytes for t in packed.tensors.values()) * 8 / n_total,
               "memory_cost_avg_bits": MemoryCost().total(profile, choice),
               "memory_cost_avg_bits_with_overhead": MemoryCost(count_overhead=True, group_size=g).total(profile, choice)}
-    budgets = []
-    for resource, cap in sorted(alloc.budgets.items()):
-        if resource in measured:
-            total, source = measured[resource], "packed tensors"
-        else:
-            cm = cost_model_for(resource)
-            if cm is None:
-                raise bad("allocation budget", resource, "no registered cost model computes this resource")
-            total, source = cm.total(profile, choice), f"cost model {cm.name}"
-        budgets.append({"resource": resource, "total": total, "budget": cap, "ok": fits(total, cap), "source": source})
+    if task is not None and any(c.get("cost", {}).get("options", {}).get("metric") == "sram" for c in alloc.constraints):
+        from bitalloc.hwcost.graph import attach_graph
+
+        attach_graph(profile, task)  # peak SRAM over the real layer graph, as at solve time
+    budgets = recheck_budgets(alloc, profile, choice, measured, failures)
     for con in constraints:
         total = con.cost.total(profile, choice)
         budgets.append({"resource": con.cost.resource, "total": total, "budget": con.budget,
@@ -152,6 +148,62 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
             failures.append(f"budget {bud['resource']}: {bud['total']:.6g} > {bud['budget']:.6g} "
                             f"(from the {bud['source']}, {n_total:,} weights; largest units: {shown})")
     return BudgetReport(rows, totals, budgets, failures)
+
+
+def recheck_budgets(alloc: Allocation, profile, choice: np.ndarray, measured: dict, failures: list[str]) -> list[dict]:
+    """[{resource, total, budget, ok, source, solve_total}] of every budget of `alloc`, each
+    from its cost model rebuilt from the stored spec (Allocation.constraints; average bits from
+    the packed tensors); appends to `failures` an edited constraint list (its digest), a budget
+    that disagrees with the list, a spec that cannot be rebuilt, and a recomputed total that is
+    not the one the solver reported (a spec or unit shapes changed since the solve)."""
+    from bitalloc.allocation import constraints_digest
+    from bitalloc.hwcost.base import CostModel
+
+    out = []
+    if alloc.constraints_sha256 is not None and constraints_digest(alloc.constraints) != alloc.constraints_sha256:
+        failures.append("allocation constraints: edited after the solve (their sha256 is not the stored "
+                        f"{alloc.constraints_sha256[:12]})")
+    specs = {c["resource"]: c for c in alloc.constraints}
+    for resource, cap in alloc.budgets.items():
+        c = specs.get(resource)
+        if c is not None and float(c["budget"]) != float(cap):
+            failures.append(f"budget {resource}: {cap:g} in budgets but {c['budget']:g} in constraints (edited?)")
+    for resource in list(alloc.budgets) + [r for r in specs if r not in alloc.budgets]:
+        c = specs.get(resource)
+        cap = float(c["budget"]) if c is not None else float(alloc.budgets[resource])
+        if c is not None:
+            try:
+                cm = CostModel.from_spec(c["cost"])
+            except BitallocError as e:
+                failures.append(f"budget {resource}: its cost model cannot be rebuilt from the allocation: {e}")
+                continue
+            if cm.resource != resource:
+                failures.append(f"budget {resource}: the stored spec builds a model of {cm.resource} (edited?)")
+                continue
+            spec = c["cost"]
+        else:  # an allocation without specs: the registered model with default options
+            cm = cost_model_for(resource) if resource not in measured else None
+            if cm is None and resource not in measured:
+                raise bad("allocation budget", resource, "no registered cost model computes this resource and the "
+                          "allocation stores no cost-model spec for it")
+            spec = None
+        try:
+            model_total = cm.total(profile, choice) if cm is not None else None
+        except BitallocError as e:  # e.g. KV bytes: the packed file holds weight units only
+            failures.append(f"budget {resource}: cannot be recomputed from the packed units: {e}")
+            continue
+        if resource in measured:
+            total, source = measured[resource], "packed tensors"
+        else:
+            total, source = model_total, f"cost model {cm.name}" + (f" on {cm.device.name}" if getattr(cm, "device", None) else "")
+        solve_total = alloc.totals.get(resource)
+        check = model_total if model_total is not None else total
+        if spec is not None and solve_total is not None and abs(check - solve_total) > 1e-6 * max(1.0, abs(solve_total)):
+            failures.append(f"budget {resource}: recomputed {check:.6g} but the solver reported {solve_total:.6g} "
+                            "(the allocation's spec or the model's units changed since the solve)")
+        out.append({"resource": resource, "total": total, "budget": cap, "ok": fits(total, cap), "source": source,
+                    "solve_total": solve_total, "spec": spec})
+    return out
 
 
 META_PARTS = ("scale", "zero", "tscale")  # a unit's tensors besides its levels (pack.py)
@@ -336,7 +388,7 @@ def verify(task, allocation=None, packed=None, quantizer="rtn", *, group_size: i
             pk.load_into(model)
         else:
             pk = apply(model, alloc, quantizer, **kw).packed()
-        report = check_budgets(pk, model, alloc, constraints)
+        report = check_budgets(pk, model, alloc, constraints, task=task)
         note("allocation")
         quality.append({"name": f"allocation ({alloc.solver})", "avg_bits": report.totals["avg_bits"], **task.quality(model)})
         budget = alloc.budgets.get("avg_bits", report.totals["avg_bits"])

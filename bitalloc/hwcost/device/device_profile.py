@@ -63,15 +63,47 @@ class Row:
 
 @dataclass
 class DeviceProfile:
+    """path; header: the #key=value lines; rows: the measurements; spec: the target's Device
+    from a spec file (`target_spec=`), for a device bitalloc has no built-in spec of."""
+
     path: str
     header: dict
     rows: list[Row]
+    spec: object = None
 
     @property
     def device(self):
-        from bitalloc.hwcost.device.devices import load_device
+        """The target: the given spec, else the built-in spec of `#device`, else a MeasuredDevice
+        (every cell must then be measured; see `complete_measured`)."""
+        from bitalloc.hwcost.device.devices import MeasuredDevice, device_names, load_device
 
-        return load_device(self.header["device"])
+        name = self.header["device"]
+        if self.spec is not None:
+            return self.spec
+        if name in device_names():
+            return load_device(name)
+        w_kernels: dict[int, tuple[str, int]] = {}
+        for r in self.rows:
+            w_kernels.setdefault(r.w_bits, (r.kernel, r.a_bits))
+        return MeasuredDevice(name, self.header.get("class", "measured"), self.header.get("core", ""),
+                              clock_hz=float(self.header["clock_hz"]) if self.header.get("clock_hz") else None,
+                              w_kernels=tuple(sorted(w_kernels.items())))
+
+    def with_spec(self, target_spec) -> "DeviceProfile":
+        """This profile with the target spec file `target_spec` (its name must be #device)."""
+        from bitalloc.hwcost.device.devices import load_spec
+
+        spec = load_spec(target_spec)
+        if spec.name != self.header["device"]:
+            raise self.error(None, "#device", self.header["device"], f"the target spec {str(target_spec)!r} is for {spec.name!r}")
+        return DeviceProfile(self.path, self.header, self.rows, spec)
+
+    def digest(self) -> str:
+        """sha256 of the header and rows (the same for the CSV and JSON forms of one profile)."""
+        import hashlib
+
+        doc = dumps({"header": self.header, "rows": [r.as_dict() for r in self.rows]})
+        return hashlib.sha256(doc.encode()).hexdigest()
 
     @property
     def clock_hz(self) -> float | None:
@@ -86,7 +118,13 @@ class DeviceProfile:
 
     # ---- reading ----------------------------------------------------------------------
     @classmethod
-    def load(cls, path) -> "DeviceProfile":
+    def load(cls, path, target_spec=None) -> "DeviceProfile":
+        """Read and check the profile at `path`; `target_spec`: a spec file for its device."""
+        self = cls._load(path)
+        return self.with_spec(target_spec) if target_spec is not None else self
+
+    @classmethod
+    def _load(cls, path) -> "DeviceProfile":
         p = Path(path)
         if p.suffix == ".json":
             d = read_json(p, "device profile")
@@ -190,11 +228,9 @@ class DeviceProfile:
                    integer("n", 1, optional=status != "ok"), status)
 
     def _check(self) -> None:
-        from bitalloc.hwcost.device.devices import device_names
-
         dev = self.header.get("device")
-        if dev not in device_names():
-            raise self.error(None, "#device", dev, f"unknown device; allowed: {', '.join(device_names())}")
+        if not dev or not isinstance(dev, str):
+            raise self.error(None, "#device", dev, "must name the device the rows were measured on")
         for k in ("clock_hz", "warmup", "repeats"):
             v = self.header.get(k)
             if v not in (None, ""):
@@ -204,7 +240,7 @@ class DeviceProfile:
                     x = float("nan")
                 if not math.isfinite(x) or x < 0 or (k == "clock_hz" and x == 0):
                     raise self.error(None, f"#{k}", v, "must be a positive number" if k == "clock_hz" else "must be a number >= 0")
-        if any(r.metric == "cycles" for r in self.rows) and not self.clock_hz:
+        if any(r.metric == "cycles" for r in self.rows) and not self._clock_known():
             raise self.error(None, "#clock_hz", self.header.get("clock_hz"), "cycles rows need the clock (header or device spec)")
         seen: dict[tuple, Row] = {}
         for r in self.rows:
@@ -214,6 +250,11 @@ class DeviceProfile:
                 what = "duplicates" if (o.value, o.status) == (r.value, r.status) else "contradicts"
                 raise self.error(r, "layer", r.layer, f"{what} row {o.line} (same layer, w_bits, a_bits, group, kernel, metric, stat)")
             seen[key] = r
+
+    def _clock_known(self) -> bool:
+        from bitalloc.hwcost.device.devices import device_names
+
+        return bool(self.header.get("clock_hz")) or (self.header["device"] in device_names() and bool(self.clock_hz))
 
     # ---- writing ----------------------------------------------------------------------
     @staticmethod
@@ -326,3 +367,23 @@ def apply_measured(dp: DeviceProfile, profile, a_bits: list[int | None], analyti
         has_kernel[c] = False
     fit.filled = int((has_kernel & ~infeasible).sum())
     return T, infeasible, fit
+
+
+def complete_measured(dp: DeviceProfile, profile, a_bits: list[int | None]) -> np.ndarray:
+    """(L, K) seconds of every layer-candidate cell from the rows alone (a device with no spec):
+    a cell without an ok or unsupported row is an error naming the missing cells, in one line."""
+    from bitalloc.errors import bad
+    from bitalloc.hwcost.layers import layer_view
+
+    shape = (len(layer_view(profile).names), len(profile.bits))
+    T, infeasible, dp_fit = apply_measured(dp, profile, a_bits, np.full(shape, np.nan))
+    missing = np.argwhere(np.isnan(T) & ~infeasible)
+    if len(missing):
+        names, labels = layer_view(profile).names, profile.formats
+        cells = [f"{names[j]}@{labels[k]}" for j, k in missing[:8]]
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        raise bad(f"device profile {dp.path!r}", f"#device={dp.header['device']}",
+                  f"has no built-in spec and {len(missing)} layer-candidate cells are not measured "
+                  f"({', '.join(cells)}{more}); measure them (or mark them unsupported), or give "
+                  "--target-spec SPEC.json (the schema of bitalloc/data/devices/*.json)")
+    return np.where(infeasible, 0.0, T)

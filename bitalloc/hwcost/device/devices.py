@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
@@ -65,6 +65,9 @@ class Device:
     luts: int | None = None
     dsps: int | None = None
     bram18: int | None = None
+    source: dict | None = field(default=None, compare=False, hash=False, repr=False)  # a spec file's JSON
+
+    measured_only = False  # True for a device known only from a complete measured profile
 
     def kernel_for(self, fmt: str) -> Kernel | None:
         """The kernel listing `fmt`, else the one listing it without a `_g<N>` group suffix."""
@@ -91,6 +94,19 @@ def load_device(name: str) -> Device:
     return parse_device(d, f"device {name!r}")
 
 
+def load_spec(path) -> Device:
+    """A device spec file of the built-in specs' schema (bitalloc/data/devices/*.json), for a
+    target bitalloc ships no spec of (`--target-spec my-board.json`)."""
+    from bitalloc.fileio import read_json
+
+    d = read_json(path, "target spec")
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not d["name"]:
+        raise bad(f"target spec {str(path)!r}: name", d.get("name") if isinstance(d, dict) else d, "must be the device name")
+    device = parse_device(d, f"target spec {str(path)!r}")
+    object.__setattr__(device, "source", d)  # kept so an allocation can store the spec (CostSpec.device_spec)
+    return device
+
+
 def parse_device(d: dict, where: str) -> Device:
     if d.get("class") not in CLASSES:
         raise bad(f"{where}: class", d.get("class"), f"allowed: {', '.join(CLASSES)}")
@@ -114,3 +130,21 @@ def parse_device(d: dict, where: str) -> Device:
 
 def _pos(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+@dataclass(frozen=True)
+class MeasuredDevice(Device):
+    """A device bitalloc has no spec of, known from its measured profile alone: each candidate
+    runs on the measured kernel of its weight bits (`w_kernels`: w_bits → (kernel, a_bits), the
+    first row's), and every layer-candidate cell must be measured (or marked unsupported)."""
+
+    w_kernels: tuple = ()
+    measured_only = True
+
+    def kernels_of(self, profile) -> list[Kernel | None]:
+        by_w = dict(self.w_kernels)
+        out = []
+        for b, f in zip(profile.bits, profile.formats):
+            name, a = by_w.get(int(b), ("unmeasured", 0))  # a_bits 0 matches no row: its cells are missing
+            out.append(Kernel(name, (f,), a, macs_per_s=float("inf")))
+        return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bitalloc.errors import bad
 
-FAMILIES = ("int", "fp", "mx", "nvfp4", "float")
+FAMILIES = ("int", "fp", "mx", "nvfp4", "float", "external")
 KEPT = {"fp16": 16, "bf16": 16, "fp32": 32}
 MX_DEFAULT = {4: "e2m1", 6: "e2m3", 8: "e4m3"}
 _ELEMENT_BITS = {"e2m1": 4, "e2m3": 6, "e3m2": 6, "e4m3": 8, "e5m2": 8}
@@ -27,7 +27,9 @@ KNOWN = ("int1..int16 (optionally _g<N>), fp8_e4m3, fp8_e5m2, fp6_e2m3, fp6_e3m2
 @dataclass(frozen=True)
 class FormatInfo:
     """name: the label; family: one of FAMILIES (`int`, `fp` per-group minifloat, `mx` OCP MX,
-    `nvfp4`, `float` kept unquantized); bits: bits per element (the candidate's nominal bits);
+    `nvfp4`, `float` kept unquantized, `external`: a label bitalloc does not know, from an external
+    profile: known by name and nominal bits only, so anything that needs its structure refuses it
+    by name instead of guessing); bits: bits per element (the candidate's nominal bits);
     element: minifloat element name (`e2m1` ...) or None; block: input columns per scale fixed by
     the format (MX 32, NVFP4 16, `_g<N>`), or None (the estimator's group size); scale: how the
     scale is stored (`fp16 scale + fp16/int zero`, `fp32`, `e8m0`, `e4m3 + fp32 per tensor`)."""
@@ -38,6 +40,11 @@ class FormatInfo:
     element: str | None = None
     block: int | None = None
     scale: str | None = None
+
+
+def default_format(bits: int) -> str:
+    """Number format a bare bit-width means: int{b}, except 16 and 32 (kept in floating point)."""
+    return {16: "fp16", 32: "fp32"}.get(bits, f"int{bits}")
 
 
 def parse_format(fmt) -> FormatInfo:
@@ -66,6 +73,24 @@ def parse_format(fmt) -> FormatInfo:
     if fmt == "nvfp4":
         return FormatInfo(fmt, "nvfp4", 4, "e2m1", 16, "e4m3 per 16 + fp32 per tensor")
     raise bad("format", fmt, f"known formats: {KNOWN}")
+
+
+def parse_candidate(fmt, bits: int) -> FormatInfo:
+    """FormatInfo of a profile candidate: `parse_format`, or for a label bitalloc does not know an
+    explicit `external` FormatInfo with the candidate's nominal bits (never a guessed family)."""
+    from bitalloc.errors import BitallocError
+
+    try:
+        return parse_format(fmt)
+    except BitallocError:
+        return FormatInfo(str(fmt), "external", int(bits))
+
+
+def require(info: FormatInfo, what: str) -> FormatInfo:
+    """`info`, or a one-line error when it is an external label (`what` needs its structure)."""
+    if info.family == "external":
+        raise bad("format", info.name, f"is not a bitalloc format, so {what} is unknown; known formats: {KNOWN}")
+    return info
 
 
 def _group(text: str | None, fmt: str) -> int | None:

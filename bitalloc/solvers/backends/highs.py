@@ -4,11 +4,16 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bitalloc.solvers.backends import Backend, register
 from bitalloc.solvers.milp import BackendResult, Milp
+
+if TYPE_CHECKING:
+    from bitalloc.solvers.compiled import Compiled
 
 
 @contextlib.contextmanager
@@ -108,3 +113,66 @@ def _solution_disagrees(h, m: Milp) -> bool:
     got = float(m.col_cost() @ np.asarray(h.getSolution().col_value, dtype=np.float64))
     want = float(info.objective_function_value)
     return abs(got - want) > 1e-9 * max(1.0, abs(want))
+
+
+# ---- exact helpers on HiGHS: LP bound, smallest reachable total, a first feasible point ----
+def lp_bound(m: Milp) -> float | None:
+    """Value of the LP relaxation (HiGHS simplex): a lower bound for any integer solution."""
+    h = new_highs()
+    pass_model(h, m, integer=False)
+    h.run()
+    import highspy
+
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None
+    return m.true_objective(h.getInfo().objective_function_value)
+
+
+def min_total(comp: Compiled, i: int, time_limit: float | None = None) -> float:
+    """Smallest total of constraint i (max over its rows) over choices of the allowed cells of
+    `comp` while every other constraint stays within its cap; inf when the others cannot all be
+    met. Exact MILP: minimize t subject to every row of constraint i <= t (comp.S is only read
+    for which cells are allowed)."""
+    import highspy
+
+    caps = np.array(comp.caps, dtype=np.float64)
+    caps[i] = 0.0
+    rows = comp.rows
+    m = Milp.build(replace(comp, S=np.where(comp.allowed, 0.0, np.inf), caps=caps, objective="sum"))
+    h = new_highs()
+    pass_model(h, m)
+    mine = np.flatnonzero(m.cons == i)
+    h.addCol(1.0, 0.0, highspy.kHighsInf, len(mine), (len(m.free) + mine).astype(np.int32), -1.0 / m.row_scale[mine])
+    h.setOptionValue("mip_rel_gap", 1e-9)
+    h.setOptionValue("mip_abs_gap", 0.0)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    h.run()
+    if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+        return float("inf")
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:  # out of time: the proven lower bound
+        return float(h.getInfo().mip_dual_bound)
+    x = np.asarray(h.getSolution().col_value)
+    choice = m.choice_of(x[:-1])
+    return max((r.total(choice) for r in rows[i]), default=0.0)
+
+
+def find_feasible(comp: Compiled, time_limit: float | None = None) -> tuple[np.ndarray | None, bool]:
+    """(an allocation meeting every row, or None; True when None means proven infeasible).
+    HiGHS on the 0/1 program with the true objective, stopped at its first solution: the repair of
+    last resort, so that heuristics never call a feasible problem infeasible."""
+    import highspy
+
+    m = Milp.build(comp)
+    h = new_highs()
+    pass_model(h, m)
+    h.setOptionValue("mip_max_improving_sols", 1)
+    h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    h.run()
+    if h.getInfo().primal_solution_status != 2:
+        return None, h.getModelStatus() == highspy.HighsModelStatus.kInfeasible
+    choice = m.choice_of(h.getSolution().col_value)
+    return (choice, False) if comp.feasible(choice) else (None, False)

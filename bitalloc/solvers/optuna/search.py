@@ -28,18 +28,21 @@ import hashlib
 import math
 import time
 import warnings
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from bitalloc.errors import BitallocError, bad
 from bitalloc.hwcost.memory import MemoryCost
-from bitalloc.problem import REL_TOL, Compiled, Problem
+from bitalloc.solvers.compiled import REL_TOL, Compiled
 from bitalloc.solvers import register
 from bitalloc.solvers.base import Result, Solver, build_allocation
 from bitalloc.solvers.optuna.run import RunSpec, run, tag
 from bitalloc.solvers.optuna.space import Space
 from bitalloc.solvers.optuna.storage import open_storage, shown
+
+if TYPE_CHECKING:
+    from bitalloc.problem import Problem
 
 SAMPLERS = ("tpe", "nsga2")
 WARM_STARTS = ("auto", "ilp", "greedy", "none")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitalloc.problem import Compiled
+from bitalloc.solvers.compiled import Compiled
 
 SHIFTS = (-2, -1, 0, 1, 2)
 _BLOCK = re.compile(r"^(.*?\.\d+)\.")
