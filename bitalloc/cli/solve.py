@@ -17,11 +17,12 @@ def add_parser(sub) -> None:
     add_profile_arg(s)
     s.add_argument("--budget", default=None, help="average bits per weight; several: 2.5,3,3.25,4")
     add_constraint_args(s)
-    s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy, dmmv (min-max) or optuna")
+    s.add_argument("--solver", default=None, help="auto (default; ilp when --backend is given: exact where it proves quickly, else greedy + ILP polish, "
+                   "within --time-limit, proven gap reported), ilp (exact), greedy, dmmv (min-max) or optuna")
     s.add_argument("--objective", default=None,
                    help="sum (total expected loss; default) or max (worst unit's loss; default for dmmv)")
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
-    s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
+    s.add_argument("--time-limit", type=float, default=None, help="seconds per budget (auto: default 10, held on the wall clock)")
     s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
     add_problem_args(s)
     s.add_argument("--out", help="write the allocation JSON (several budgets: {budget} in the name, or .b<budget> is added)")
@@ -54,17 +55,20 @@ def run(args) -> int:
         raise bad("--budget/--constraint", None, "give --budget (bits per weight) and/or --constraint RESOURCE<=N")
     budgets = _budgets(args.budget) if args.budget is not None else [None]
     constraints = constraints_from_args(args)
+    if args.solver is None:
+        args.solver = "ilp" if args.backend is not None else "auto"
     SOLVERS.get(args.solver)
     opts = {}
     if args.time_limit is not None:
         opts["time_limit"] = args.time_limit
-    if args.solver == "ilp":
-        if args.backend is not None:
-            opts["backend"] = args.backend
-        if args.gap is not None:
-            opts["gap"] = args.gap
-    elif args.backend is not None or args.gap is not None:
-        raise bad("--backend/--gap", args.backend or args.gap, f"only apply to --solver ilp, not {args.solver}")
+    if args.solver in ("ilp", "auto") and args.gap is not None:
+        opts["gap"] = args.gap
+    if args.solver == "ilp" and args.backend is not None:
+        opts["backend"] = args.backend
+    if args.solver not in ("ilp", "auto") and args.gap is not None:
+        raise bad("--gap", args.gap, f"only applies to --solver ilp or auto, not {args.solver}")
+    if args.solver != "ilp" and args.backend is not None:
+        raise bad("--backend", args.backend, f"only applies to --solver ilp, not {args.solver}")
     opts.update(_optuna.options(args, "avg_bits_with_overhead" if args.count_overhead else "avg_bits"))
     solver = get_solver(args.solver, **opts)
     outs = _out_paths(args.out, budgets, args.force) if args.out else []
