@@ -19,8 +19,10 @@ class Names(Sequence):
 
     def __init__(self, blob: np.ndarray, ends: np.ndarray | None = None):
         self.blob = np.ascontiguousarray(blob, dtype=np.uint8)
-        if ends is None:
-            ends = np.append(np.flatnonzero(self.blob == 10), len(self.blob)) if len(self.blob) else np.zeros(0, np.int64)
+        if ends is None:  # the separators, found 64 MB at a time (no blob-sized temporaries)
+            step = 1 << 26
+            parts = [a + np.flatnonzero(self.blob[a:a + step] == 10) for a in range(0, len(self.blob), step)]
+            ends = np.concatenate(parts + [[len(self.blob)]]) if len(self.blob) else np.zeros(0, np.int64)
         self.ends = ends.astype(np.int64, copy=False)
         self.starts = np.concatenate([[0], self.ends[:-1] + 1]).astype(np.int64) if len(self.ends) else self.ends
 
@@ -62,15 +64,21 @@ class Names(Sequence):
     def __repr__(self):
         return f"Names({len(self)} names)"
 
-    def hashes(self) -> np.ndarray:
-        """(N,) uint64 polynomial hash of each name's bytes (vectorized over the blob)."""
-        b = self.blob.astype(np.uint64)
-        pos = np.arange(len(b), dtype=np.int64) - np.repeat(self.starts, self.ends - self.starts + 1)[:len(b)]
+    def hashes(self, step: int = 1 << 18) -> np.ndarray:
+        """(N,) uint64 polynomial hash of each name's bytes (vectorized, `step` names at a time)."""
+        out = np.zeros(len(self), np.uint64)
+        width = int((self.ends - self.starts).max()) + 1 if len(self) else 1
         with np.errstate(over="ignore"):
-            powers = np.cumprod(np.full(max(int(pos.max()) + 1 if len(pos) else 1, 1), np.uint64(1099511628211)), dtype=np.uint64)
-            h = b * powers[pos] + np.uint64(1)
-            h[self.blob == 10] = 0  # the separators
-            out = np.add.reduceat(h, self.starts) if len(b) else np.zeros(len(self), np.uint64)
+            powers = np.cumprod(np.full(width, np.uint64(1099511628211)), dtype=np.uint64)
+            for a in range(0, len(self), step):
+                b = min(a + step, len(self))
+                lo, hi = int(self.starts[a]), int(self.ends[b - 1])
+                seg = self.blob[lo:hi]
+                starts = self.starts[a:b] - lo
+                pos = np.arange(len(seg), dtype=np.int64) - np.repeat(starts, np.diff(np.append(starts, len(seg))))
+                h = seg.astype(np.uint64) * powers[pos] + np.uint64(1)
+                h[seg == 10] = 0  # the separators
+                out[a:b] = np.add.reduceat(h, starts) if len(seg) else 0
         out[self.ends == self.starts] = 0  # reduceat on an empty name returns the next element
         return out
 
