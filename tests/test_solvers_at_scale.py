@@ -132,3 +132,18 @@ def test_streaming_greedy_equals_in_memory(tmp_path, budget):
     assert b.objective == pytest.approx(a.objective, rel=1e-12)
     assert b.bound == pytest.approx(a.bound, rel=1e-9) and b.status == a.status
     assert b.avg_bits <= budget * (1 + 1e-12)
+
+
+def test_cli_stream_equals_greedy(tmp_path, capsys):
+    from bitalloc.cli import main
+
+    p = synthetic(3000, seed=6)
+    path = p.save(tmp_path / "p.json", sidecar=True)
+    out = tmp_path / "a.json"
+    assert main(["solve", "--profile", str(path), "--budget", "3.25", "--stream", "--out", str(out)]) == 0
+    a = Allocation.load(out)
+    ref = bitalloc.solve(Profile.load(path), 3.25, solver="greedy")
+    assert dict(a.bits) == dict(ref.bits) and a.objective == pytest.approx(ref.objective, rel=1e-12)
+    capsys.readouterr()
+    assert main(["solve", "--profile", str(path), "--budget", "3.25", "--stream", "--pin", "x=4"]) == 2
+    assert "does not apply with --stream" in capsys.readouterr().err
