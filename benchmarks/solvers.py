@@ -17,6 +17,11 @@ w_n · 4^-b · (1 + 5 % noise), w_n log-uniform over 4 decades (so ~97 % of unit
    <= 0.5 s at 1,000 units, <= 2 s at 3,000 units.
 3. `bitalloc solve --budget 3.25` (console script, subprocess) on the embedded default profile,
    against `python -c "import numpy"`; checks torch is not imported. Target <= 0.5 s.
+4. `--scale`: 10^4..10^7 units, each row in a fresh subprocess that loads the saved sidecar
+   profile and solves it (wall, peak RSS (VmHWM), gap, status): auto (10 s limit), greedy,
+   ILP (`--ilp-time-limit`); 10^7 with the streaming greedy only. Then the peers' formulations at
+   10^3 and 10^4 (`peers.py`) against auto, and the greedy core at 10^6 (median of 5, with
+   process time). Run: python benchmarks/solvers.py --scale [--ilp-time-limit 10]
 
 Correctness checks (listed at the end): ILP status optimal, budgets recomputed from the returned
 bits, no disallowed candidate chosen, greedy objective >= ILP optimum >= every lower bound,
@@ -270,12 +275,126 @@ def bench_cli(repeats):
           f"{', '.join(f'{name} {us / 1e6:.3f} s' for us, name in top)}")
 
 
+# ---- at scale ---------------------------------------------------------------------------------
+def fast_names(n: int):
+    """The generator's unit names as a columnar Names, without a list of n strings at once."""
+    from bitalloc.columns import Names
+
+    parts = [Names.from_list([f"model.layers.{i // 64}.mlp.down_proj:g{i % 64}" for i in range(a, min(a + 10**6, n))]).blob
+             for a in range(0, n, 10**6)]
+    return Names(np.concatenate([x for p in parts for x in (p, np.array([10], np.uint8))][:-1]))
+
+
+def make_profile(n: int, path: Path):
+    """Generate the n-unit synthetic profile and save it with its sidecar (run in a subprocess)."""
+    synthetic_profile(n, names=fast_names(n)).save(path, sidecar=True)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM, MB). Not ru_maxrss: Linux carries that across
+    fork+exec, so a row would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) / 1024 for x in f if x.startswith("VmHWM:"))
+
+
+def scale_row(solver: str, path: str, time_limit: float | None) -> dict:
+    """One row, in this (fresh) process: load, solve, measure. Printed as JSON."""
+    import resource
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    if solver == "stream":
+        from bitalloc.solvers.stream import stream_greedy
+
+        a = stream_greedy(path, BUDGET)
+        load_s = 0.0
+    else:
+        p = Profile.load(path)
+        load_s = time.perf_counter() - t0
+        a = get_solver(solver, **({"time_limit": time_limit} if time_limit else {})).solve(Problem.average_bits(p, BUDGET))
+    return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, "load": load_s, "solve": a.wall_s,
+            "rss": peak_rss_mb(),
+            "rss_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "status": a.status, "gap": a.gap, "objective": a.objective, "avg_bits": a.avg_bits}
+
+
+ROW_TIMEOUT = 150  # s; the in-process ILP overruns its limit by minutes at 10^6 (HiGHS presolve)
+
+
+def bench_scale(ilp_limit: float, sizes=(10**4, 10**5, 10**6, 10**7)):
+    me = [sys.executable, str(Path(__file__).resolve())]
+    print("\n## 4. At scale: each row a fresh process (load the sidecar profile, solve), budget 3.25\n")
+    print("| units | solver | wall (s) | of which solve (s) | CPU (s) | peak RSS (MB) | child RSS (MB) | status | rel. gap |")
+    print("|---:|---|---:|---:|---:|---:|---:|---|---:|")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        for n in sizes:
+            path = Path(tmp) / f"p{n}.json"
+            subprocess.run([*me, "--make", str(n), str(path)], check=True)
+            rows = [("stream", None)] if n >= 10**7 else [("auto", 10.0), ("greedy", None), ("ilp", ilp_limit)]
+            if n == 10**6:
+                rows.append(("stream", None))
+            for solver, lim in rows:
+                cmd = [*me, "--row", solver, str(path), str(lim or 0)]
+                try:
+                    r = subprocess.run(cmd, capture_output=True, text=True, timeout=ROW_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    print(f"| {n:,} | {solver} ({lim:g} s limit) | killed after {ROW_TIMEOUT} s | | | | | not done | |", flush=True)
+                    check(solver == "ilp", f"{solver} {n}: no answer in {ROW_TIMEOUT} s")
+                    continue
+                if r.returncode:
+                    print(f"| {n:,} | {solver} | failed: {r.stderr.strip().splitlines()[-1][:80]} |||||||")
+                    continue
+                d = json.loads(r.stdout.strip().splitlines()[-1])
+                label = {"stream": "greedy, streamed from disk", "auto": "auto (10 s)", "ilp": f"ilp ({ilp_limit:g} s limit)"}.get(solver, solver)
+                print(f"| {n:,} | {label} | {d['wall']:.2f} | {d['solve']:.2f} | {d['cpu']:.2f} | {d['rss']:.0f} | "
+                      f"{d['rss_children']:.0f} | {d['status']} | {d['gap']:.1e} |", flush=True)
+                if lim:
+                    check(d["solve"] <= 1.1 * lim + 1.0 or solver == "ilp", f"{solver} {n}: solve {d['solve']:.1f} s over its {lim} s limit")
+                check(d["avg_bits"] <= BUDGET * (1 + 1e-12), f"{solver} {n}: over budget")
+            path.unlink()
+            path.with_suffix(".npz").unlink()
+    print("\nwall: the whole child process after imports (profile load + solve); solve: Allocation.wall_s. "
+          "Peak RSS: VmHWM of the row's process; child RSS: ru_maxrss of its HiGHS child processes (auto), "
+          "an upper bound: Linux carries the parent's peak into a child across fork+exec.")
+
+
+def bench_core(n=10**6, repeats=5):
+    profile = synthetic_profile(n)
+    comp = Problem.average_bits(profile, BUDGET).compile()
+    S, C, cap = comp.S, comp.C[0], comp.caps[0]
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        core(S, C, cap)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    print(f"\nGreedy core (frontier + lp_greedy + fill) at {n:,} x 6: median wall {statistics.median(walls):.3f} s, "
+          f"median process time {statistics.median(cpus):.3f} s, min wall {min(walls):.3f} s over {repeats} runs; "
+          f"load average {os.getloadavg()[0]:.2f}")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--make":
+        return make_profile(int(sys.argv[2]), Path(sys.argv[3]))
+    if len(sys.argv) > 1 and sys.argv[1] == "--row":
+        print(json.dumps(scale_row(sys.argv[2], sys.argv[3], float(sys.argv[4]) or None)))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median; >= 3 recommended)")
     ap.add_argument("--ilp-time-limit", type=float, default=120.0, help="seconds per ILP solve (default 120)")
+    ap.add_argument("--scale", action="store_true", help="only section 4 (10^4..10^7 units) and the peers")
+    ap.add_argument("--sizes", default="10000,100000,1000000,10000000", help="--scale: unit counts")
     args = ap.parse_args()
+    if args.scale:
+        print(f"$ python benchmarks/solvers.py {' '.join(sys.argv[1:])}; load average {os.getloadavg()[0]:.2f}")
+        bench_scale(args.ilp_time_limit, [int(x) for x in args.sizes.split(",")])
+        bench_core()
+        from peers import bench_peers
+
+        bench_peers()
+        print("\n## Checks\n")
+        print("\n".join(f"- PROBLEM: {p}" for p in PROBLEMS) if PROBLEMS else "- all correctness checks passed")
+        return 1 if PROBLEMS else 0
     print(f"$ python benchmarks/solvers.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"\npython {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
           f"{platform.machine()} {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, "

@@ -1,7 +1,7 @@
 """bitalloc: choose a bit-width for every layer, group or channel of a network under hardware budgets.
 
     profile = bitalloc.Profile.load("p.json")            # or bitalloc.profile(model, calib, ...)
-    alloc = bitalloc.solve(profile, budget=3.25)          # exact ILP by default
+    alloc = bitalloc.solve(profile, budget=3.25)          # `auto`: exact where fast, else bounded gap
     alloc.save("a.json")
     bitalloc.export.export(alloc, "gguf", "q.gguf")     # after `import bitalloc.export`; formats in bitalloc/export/
 
@@ -24,11 +24,12 @@ __all__ = ["Allocation", "BitallocError", "Constraint", "Problem", "Profile", "U
            "apply", "verify", "load_packed", "QuantizedModel"]
 
 
-def solve(problem_or_profile, budget: float | None = None, solver="ilp", **options) -> Allocation:
+def solve(problem_or_profile, budget: float | None = None, solver=None, **options) -> Allocation:
     """Solve a Problem, or a Profile at an average of `budget` bits per weight.
 
-    solver: a name (`ilp`, `greedy`, `dmmv`, `optuna`) or a Solver instance (then no options).
-    options go to the solver by name (`backend`, `time_limit`, `gap` for ilp; for `solver="optuna"`:
+    solver: a name (`auto` by default, `ilp`, `greedy`, `dmmv`, `optuna`) or a Solver instance (then
+    no options). options go to the solver by name (`time_limit` (default 10 s) and `gap` for auto;
+    `backend`, `time_limit`, `gap` for ilp; for `solver="optuna"`:
     `evaluate=fn` with fn(Allocation) -> float | tuple, `n_trials`, `sampler` (tpe | nsga2),
     `objectives`, `storage`, `study`, `workers`, `seed`); with a Profile, the Problem options
     (`pins`, `ties`, `min_bits`, `max_bits`, `count_overhead`) are accepted too. Every constraint
@@ -38,11 +39,12 @@ def solve(problem_or_profile, budget: float | None = None, solver="ilp", **optio
     return solve_budgets(problem_or_profile, [budget], solver, **options)[0]
 
 
-def solve_budgets(problem_or_profile, budgets, solver="ilp", **options) -> list[Allocation]:
+def solve_budgets(problem_or_profile, budgets, solver=None, **options) -> list[Allocation]:
     """One Allocation per budget (the problem is compiled once and each run warm-starts the next)."""
     from bitalloc.solvers import get_solver
     from bitalloc.solvers.base import Solver
 
+    solver = solver or ("ilp" if "backend" in options else "auto")  # a backend names the ILP
     problem_keys = {"pins", "ties", "min_bits", "max_bits", "count_overhead", "objective", "allowed"}
     pkw = {k: options.pop(k) for k in list(options) if k in problem_keys}
     if isinstance(problem_or_profile, Profile):

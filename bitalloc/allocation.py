@@ -1,16 +1,20 @@
 """Allocation: the chosen candidate of every unit, with totals, budgets and how it was found."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from bitalloc.columns import Names, UnitMap
 from bitalloc.errors import bad
-from bitalloc.fileio import atomic_write, dumps, read_json
+from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
 
 SCHEMA = "bitalloc.allocation/1"
 STATUSES = ("optimal", "feasible", "infeasible", "time_limit")
+SIDECAR_MIN_UNITS = 20_000  # above this, save() writes bits (and formats) as arrays in a .npz sidecar
 
 
 @dataclass
@@ -21,9 +25,13 @@ class Allocation:
     bound on the optimum (None if the solver has none); gap: (objective − bound) / |objective|;
     status: one of STATUSES; totals / budgets: resource → value in its user unit; min_budgets:
     for an infeasible problem, the smallest budget of each resource that could be met on its
-    own; wall_s: solver wall time in seconds."""
+    own; wall_s: solver wall time in seconds.
 
-    bits: dict[str, int]
+    Solvers return `bits` and `formats` as `UnitMap`s: read-only mappings over (N,) arrays and the
+    profile's names, turned into dicts only when asked (`dict(a.bits)`), so an allocation of 10⁶
+    units holds no per-unit Python objects; `save` writes them to a `.npz` sidecar when large."""
+
+    bits: Mapping[str, int]
     status: str
     solver: str
     objective: float | None = None
@@ -34,7 +42,7 @@ class Allocation:
     totals: dict[str, float] = field(default_factory=dict)
     budgets: dict[str, float] = field(default_factory=dict)
     min_budgets: dict[str, float] = field(default_factory=dict)
-    formats: dict[str, str] | None = None
+    formats: Mapping[str, str] | None = None
     wall_s: float = 0.0
     meta: dict = field(default_factory=dict)
     constraints: list[dict] = field(default_factory=list)
@@ -58,10 +66,11 @@ class Allocation:
 
     def to_json(self) -> dict:
         d = {"schema": SCHEMA}
-        for k, v in asdict(self).items():
-            if v is None and k in ("formats", "constraints_sha256") or (k == "constraints" and not v):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None and f.name in ("formats", "constraints_sha256") or (f.name == "constraints" and not v):
                 continue
-            d[k] = v
+            d[f.name] = dict(v.items()) if f.name in ("bits", "formats") else _plain(v)
         return d
 
     @classmethod
@@ -75,15 +84,73 @@ class Allocation:
         _check_fields(d, where)
         return cls(**{k: v for k, v in d.items() if k != "schema"})
 
-    def save(self, path, force: bool = False) -> Path:
-        return atomic_write(path, dumps(self.to_json()), force)
+    def save(self, path, force: bool = False, sidecar: bool | None = None) -> Path:
+        """Write `path` (JSON). With a sidecar (default above SIDECAR_MIN_UNITS units), the unit
+        names, bits (uint8) and format codes go to `path.npz` and the JSON holds the rest."""
+        path = Path(path)
+        if sidecar is None:
+            sidecar = len(self.bits) >= SIDECAR_MIN_UNITS
+        if not sidecar:
+            return atomic_write(path, dumps(self.to_json()), force)
+        check_writable(path, force)
+        side = path.with_suffix(".npz")
+        names, bits, fmt_codes, fmt_table = _columns(self.bits, self.formats)
+        arrays = {"names": names.blob, "bits": bits}
+        if fmt_codes is not None:
+            arrays["format_codes"] = fmt_codes
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write(side, buf.getvalue(), force)
+        d = {k: v for k, v in self.to_json_head().items()}
+        d.update(sidecar=side.name, n_units=len(names), format_table=fmt_table)
+        return atomic_write(path, dumps(d), force)
+
+    def to_json_head(self) -> dict:
+        """to_json without bits and formats."""
+        d = {"schema": SCHEMA}
+        for f in fields(self):
+            if f.name not in ("bits", "formats"):
+                d[f.name] = _plain(getattr(self, f.name))
+        return d
 
     @classmethod
     def load(cls, path) -> "Allocation":
-        return cls.from_json(read_json(path, "allocation"), where=f"allocation {str(path)!r}")
+        path = Path(path)
+        where = f"allocation {str(path)!r}"
+        d = read_json(path, "allocation")
+        if isinstance(d, dict) and "sidecar" in d:
+            d = _from_sidecar(d, path.parent, where)
+        return cls.from_json(d, where=where)
 
     def choice(self, profile) -> np.ndarray:
         """(N,) candidate index of each profile unit."""
+        if isinstance(self.bits, UnitMap) and _same_names(self.bits.names, profile.names):
+            return self._choice_columnar(profile)
+        return self._choice_by_name(profile)
+
+    def _choice_columnar(self, profile) -> np.ndarray:
+        """Vectorized: the allocation's units are the profile's, in order."""
+        bits = np.asarray(self.bits.array, dtype=np.int64)
+        out = np.full(len(bits), -1, dtype=np.int64)
+        if self.formats:
+            f = self.formats
+            fmt = np.asarray(f.array) if isinstance(f, UnitMap) and f.table is not None else None
+            table = list(f.table) if fmt is not None else None
+            if fmt is None:
+                return self._choice_by_name(profile)
+            for k, (b, name) in enumerate(zip(profile.bits, profile.formats)):
+                if name in table:
+                    out[(bits == b) & (fmt == table.index(name)) & (out < 0)] = k
+        else:
+            for k in reversed(range(len(profile.bits))):
+                out[bits == profile.bits[k]] = k
+        if (out < 0).any():
+            i = int(np.argmax(out < 0))
+            raise bad(f"allocation bits of {profile.names[i]!r}", int(bits[i]), "is not a candidate of the profile")
+        return out
+
+    def _choice_by_name(self, profile) -> np.ndarray:
+
         labels = {(b, f): k for k, (b, f) in enumerate(zip(profile.bits, profile.formats))}
         by_bits = {b: k for k, b in reversed(list(enumerate(profile.bits)))}
         out = np.empty(profile.n_units, dtype=np.int64)
@@ -106,10 +173,82 @@ def constraints_digest(specs: list[dict]) -> str:
     return hashlib.sha256(json.dumps(specs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _plain(v):
+    """A JSON-ready copy of a field value (dicts and lists copied, numpy scalars made floats)."""
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _same_names(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, Names) and isinstance(b, Names):
+        return a == b
+    return len(a) == len(b) and all(x == y for x, y in zip(a, b))
+
+
+def _columns(bits: Mapping, formats: Mapping | None):
+    """(Names, (N,) uint8 bits, (N,) int16 format codes or None, format table or None)."""
+    if isinstance(bits, UnitMap):
+        names = bits.names if isinstance(bits.names, Names) else Names.from_list(list(bits.names))
+        b = np.asarray(bits.array)
+    else:
+        names = Names.from_list(list(bits))
+        b = np.fromiter(bits.values(), dtype=np.int64, count=len(bits))
+    if (b < 1).any() or (b > 32).any():
+        raise bad("bits", int(b[(b < 1) | (b > 32)][0]), "each must be an integer bit-width from 1 to 32")
+    codes = table = None
+    if formats is not None:
+        if isinstance(formats, UnitMap) and formats.table is not None and formats.names is bits.names:
+            codes, table = np.asarray(formats.array, dtype=np.int16), list(formats.table)
+        else:
+            vals = [formats[s] for s in names]
+            table = sorted(set(vals))
+            pos = {t: i for i, t in enumerate(table)}
+            codes = np.array([pos[v] for v in vals], dtype=np.int16)
+    return names, b.astype(np.uint8), codes, table
+
+
+def _from_sidecar(d: dict, base: Path, where: str) -> dict:
+    """The JSON form of an allocation saved with a sidecar, its bits and formats as UnitMaps."""
+    side = base / str(d["sidecar"])
+    try:
+        z = np.load(side, allow_pickle=False)
+        cols = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise bad(f"{where}: sidecar", str(side), "file not found next to the allocation") from None
+    except Exception as e:
+        raise bad(f"{where}: sidecar", str(side), f"cannot be read as .npz ({type(e).__name__})") from None
+    if "names" not in cols or "bits" not in cols:
+        raise bad(f"{where}: sidecar", str(side), "must hold arrays 'names' and 'bits'")
+    names = Names(cols["names"])
+    bits = cols["bits"]
+    if bits.shape != (len(names),) or d.get("n_units", len(names)) != len(names):
+        raise bad(f"{where}: sidecar bits", bits.shape, f"must be one per unit name ({len(names)})")
+    if len(bits) and (bits.min() < 1 or bits.max() > 32):
+        raise bad(f"{where}: bits", int(bits.min()), "must be integer bit-widths from 1 to 32")
+    out = {k: v for k, v in d.items() if k not in ("sidecar", "n_units", "format_table")}
+    out["bits"] = UnitMap(names, bits.astype(np.int8))
+    table = d.get("format_table")
+    if "format_codes" in cols:
+        codes = cols["format_codes"]
+        if not isinstance(table, list) or codes.shape != bits.shape or (len(codes) and (codes.min() < 0 or codes.max() >= len(table))):
+            raise bad(f"{where}: formats", str(side), "format_codes must index format_table, one per unit")
+        out["formats"] = UnitMap(names, codes, table)
+    return out
+
+
 def _check_fields(d: dict, where: str) -> None:
     bits = d.get("bits")
-    if not isinstance(bits, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                             and 1 <= v <= 32 for k, v in bits.items()):
+    if isinstance(bits, UnitMap):  # from a sidecar, checked as arrays
+        pass
+    elif not isinstance(bits, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                               and 1 <= v <= 32 for k, v in bits.items()):
         raise bad(f"{where}: bits", bits, "must map each unit name to an integer bit-width from 1 to 32")
     for k in ("status", "solver"):
         if not isinstance(d.get(k), str):
@@ -123,6 +262,8 @@ def _check_fields(d: dict, where: str) -> None:
         if not isinstance(v, dict) or not all(isinstance(x, (int, float)) for x in v.values()):
             raise bad(f"{where}: {k}", v, "must map resource names to numbers")
     f = d.get("formats")
+    if isinstance(f, UnitMap) and isinstance(bits, UnitMap):
+        return
     if f is not None and (not isinstance(f, dict) or set(f) != set(bits)):
         raise bad(f"{where}: formats", f, "must map the same unit names as bits to format names")
     cons = d.get("constraints", [])

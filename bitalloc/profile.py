@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from bitalloc.columns import Coded, Names, Prefixes
 from bitalloc.errors import BitallocError, bad
 from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
 from bitalloc.units import Unit
@@ -57,11 +58,14 @@ class Profile:
                      rows=None, cols=None, formats=None, meta=None, extra=None) -> "Profile":
         """Build from arrays (fast path for large profiles); see the class docstring for shapes."""
         self = cls.__new__(cls)
-        names = list(names)
+        names = names if isinstance(names, Names) else list(names)  # Names: columnar, for 10⁶ units
         n_params = np.asarray(n_params)
         n = len(names)
-        self._init(names=names, layers=list(layers) if layers is not None else [s.split(":")[0] for s in names],
-                   kinds=list(kinds) if kinds is not None else ["weight"] * n, n_params=n_params,
+        if layers is None:
+            layers = Prefixes(names) if isinstance(names, Names) else [s.split(":")[0] for s in names]
+        self._init(names=names, layers=layers if isinstance(layers, (Coded, Prefixes)) else list(layers),
+                   kinds=Coded(["weight"], np.zeros(n, np.int8)) if kinds is None else
+                   kinds if isinstance(kinds, Coded) else list(kinds), n_params=n_params,
                    macs=np.zeros(n, np.int64) if macs is None else np.asarray(macs),
                    rows=np.ones(n, np.int64) if rows is None else np.asarray(rows),
                    cols=n_params.astype(np.int64) if cols is None else np.asarray(cols),
@@ -87,7 +91,11 @@ class Profile:
         if (macs < 0).any():
             i = int(np.argmax(macs < 0))
             raise bad(f"units[{i}].macs", int(macs[i]), "must be a non-negative integer")
-        if len(set(names)) != n:
+        if isinstance(names, Names):
+            dup = names.first_duplicate()
+            if dup is not None:
+                raise bad("units name", dup, "unit names must be unique (duplicate)")
+        elif len(set(names)) != n:
             seen: set[str] = set()
             dup = next(s for s in names if s in seen or seen.add(s))
             raise bad("units name", dup, "unit names must be unique (duplicate)")
@@ -160,8 +168,9 @@ class Profile:
     def _columns(self) -> dict[str, np.ndarray]:
         layer_names, layer_idx = _factorize(self.layers)
         kind_names, kind_idx = _factorize(self.kinds)
+        names = self.names.blob if isinstance(self.names, Names) else _blob(self.names)
         return {"sensitivity": self.sensitivity, "n_params": self.n_params, "macs": self.macs,
-                "rows": self.rows, "cols": self.cols, "names": _blob(self.names),
+                "rows": self.rows, "cols": self.cols, "names": names,
                 "layer_table": _blob(list(layer_names)), "layer_idx": layer_idx,
                 "kind_table": _blob(list(kind_names)), "kind_idx": kind_idx}
 
@@ -208,13 +217,17 @@ class Profile:
                 "kind_table", "kind_idx"}
         if need - set(cols):
             raise bad("sidecar", str(side), f"missing arrays {sorted(need - set(cols))}")
-        names = _unblob(cols["names"])
+        names = Names(cols["names"])  # columnar: no Python object per unit
         if d.get("n_units") is not None and d["n_units"] != len(names):
             raise bad("n_units", d["n_units"], f"sidecar holds {len(names)} units")
         layer_table, kind_table = _unblob(cols["layer_table"]), _unblob(cols["kind_table"])
+        for key, table in (("layer_idx", layer_table), ("kind_idx", kind_table)):
+            idx = cols[key]
+            if idx.shape != (len(names),) or (len(idx) and (idx.min() < 0 or idx.max() >= len(table))):
+                raise bad("sidecar", str(side), f"{key} must hold {len(names)} indices into its table")
         return cls.from_columns(names, cols["n_params"], d.get("bits"), cols["sensitivity"],
-                                layers=[layer_table[i] for i in cols["layer_idx"].tolist()],
-                                kinds=[kind_table[i] for i in cols["kind_idx"].tolist()],
+                                layers=Coded(layer_table, cols["layer_idx"]),
+                                kinds=Coded(kind_table, cols["kind_idx"]),
                                 macs=cols["macs"], rows=cols["rows"], cols=cols["cols"],
                                 formats=d.get("formats"), meta=meta, extra=extra)
 
@@ -320,6 +333,8 @@ def _rows_cols(u: Unit) -> tuple[int, int]:
 
 def _factorize(values: list[str]) -> tuple[list[str], np.ndarray]:
     """(distinct values in first-seen order, index of each value in that table)."""
+    if isinstance(values, Coded):
+        return values.table, values.codes.astype(np.int64)
     table: dict[str, int] = {}
     idx = np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int64, count=len(values))
     return list(table), idx

@@ -17,16 +17,20 @@ def add_parser(sub) -> None:
     add_profile_arg(s)
     s.add_argument("--budget", default=None, help="average bits per weight; several: 2.5,3,3.25,4")
     add_constraint_args(s)
-    s.add_argument("--solver", default="ilp", help="ilp (exact, default), greedy, dmmv (min-max) or optuna")
+    s.add_argument("--solver", default=None, help="auto (default; ilp when --backend is given: exact where it proves quickly, else greedy + ILP polish, "
+                   "within --time-limit, proven gap reported), ilp (exact), greedy, dmmv (min-max) or optuna")
     s.add_argument("--objective", default=None,
                    help="sum (total expected loss; default) or max (worst unit's loss; default for dmmv)")
     s.add_argument("--backend", default=None, help="ilp backend: highs (default), pulp, cpsat")
-    s.add_argument("--time-limit", type=float, default=None, help="seconds per budget")
+    s.add_argument("--time-limit", type=float, default=None, help="seconds per budget (auto: default 10, held on the wall clock)")
     s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
     add_problem_args(s)
     s.add_argument("--out", help="write the allocation JSON (several budgets: {budget} in the name, or .b<budget> is added)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     s.add_argument("--json", action="store_true", help="print the allocation(s) as JSON instead of tables")
+    s.add_argument("--stream", action="store_true",
+                   help="greedy on a sidecar profile read block by block from disk (10^7 units; one --budget, "
+                        "no other constraints, pins, ties or bit limits)")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)  # also accepted after the subcommand
     _optuna.add_args(s)
     s.set_defaults(func=run)
@@ -54,18 +58,23 @@ def run(args) -> int:
     if args.budget is None and not args.constraint:
         raise bad("--budget/--constraint", None, "give --budget (bits per weight) and/or --constraint RESOURCE<=N")
     budgets = _budgets(args.budget) if args.budget is not None else [None]
+    if args.stream:
+        return _run_stream(args, budgets)
     constraints = constraints_from_args(args)
+    if args.solver is None:
+        args.solver = "ilp" if args.backend is not None else "auto"
     SOLVERS.get(args.solver)
     opts = {}
     if args.time_limit is not None:
         opts["time_limit"] = args.time_limit
-    if args.solver == "ilp":
-        if args.backend is not None:
-            opts["backend"] = args.backend
-        if args.gap is not None:
-            opts["gap"] = args.gap
-    elif args.backend is not None or args.gap is not None:
-        raise bad("--backend/--gap", args.backend or args.gap, f"only apply to --solver ilp, not {args.solver}")
+    if args.solver in ("ilp", "auto") and args.gap is not None:
+        opts["gap"] = args.gap
+    if args.solver == "ilp" and args.backend is not None:
+        opts["backend"] = args.backend
+    if args.solver not in ("ilp", "auto") and args.gap is not None:
+        raise bad("--gap", args.gap, f"only applies to --solver ilp or auto, not {args.solver}")
+    if args.solver != "ilp" and args.backend is not None:
+        raise bad("--backend", args.backend, f"only applies to --solver ilp, not {args.solver}")
     opts.update(_optuna.options(args, "avg_bits_with_overhead" if args.count_overhead else "avg_bits"))
     solver = get_solver(args.solver, **opts)
     outs = _out_paths(args.out, budgets, args.force) if args.out else []
@@ -118,6 +127,37 @@ def run(args) -> int:
         render(allocs)
         for a in allocs:
             _optuna.render(a)
+        for path in outs:
+            print(f"wrote {path}")
+    return 0
+
+
+def _run_stream(args, budgets) -> int:
+    """`--stream`: the streaming greedy (bitalloc/solvers/stream.py) on a sidecar profile."""
+    from bitalloc.fileio import dumps
+
+    given = [f for f, v in (("--constraint", args.constraint), ("--pin", args.pin), ("--tie", args.tie),
+                            ("--min-bits", args.min_bits), ("--max-bits", args.max_bits),
+                            ("--count-overhead", args.count_overhead), ("--objective", args.objective)) if v]
+    if given:
+        raise bad(given[0], "given", "does not apply with --stream (one average-bits budget only)")
+    if args.solver not in (None, "greedy"):
+        raise bad("--solver", args.solver, "--stream runs the greedy")
+    if args.budget is None or len(budgets) != 1:
+        raise bad("--budget", args.budget, "--stream takes one average-bits budget")
+    if not args.profile:
+        raise bad("--profile", None, "--stream needs a profile saved with its .npz sidecar")
+    outs = _out_paths(args.out, budgets, args.force) if args.out else []
+    from bitalloc.solvers.stream import stream_greedy
+
+    a = stream_greedy(args.profile, budgets[0])
+    for path in outs:
+        a.save(path, force=args.force)
+    if args.json:
+        sys.stdout.write(dumps(a.to_json()))
+    else:
+        print(f"greedy (streamed, {a.status}): {len(a.bits)} units, {a.avg_bits:.4f} bits/weight, objective "
+              f"{a.objective:.6g}, gap {a.gap:.1e}, {a.wall_s:.2f} s")
         for path in outs:
             print(f"wrote {path}")
     return 0

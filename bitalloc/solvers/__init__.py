@@ -3,7 +3,7 @@ from bitalloc.registry import Registry
 
 SOLVERS = Registry("solver", {"ilp": "bitalloc.solvers.ilp", "greedy": "bitalloc.solvers.greedy",
                                  "optuna": "bitalloc.solvers.optuna.search",
-                                 "dmmv": "bitalloc.solvers.dmmv"})
+                                 "dmmv": "bitalloc.solvers.dmmv", "auto": "bitalloc.solvers.auto"})
 register = SOLVERS.register
 
 

@@ -189,8 +189,11 @@ def _allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall
     status = res.status
     if status == "feasible" and gap is not None and gap <= 1e-12:
         status = "optimal"  # the certified bound meets the objective
-    bits = dict(zip(p.names, np.asarray(p.bits)[choice].tolist()))
-    formats = dict(zip(p.names, (p.formats[k] for k in choice.tolist()))) if p.has_formats else None
+    from bitalloc.columns import UnitMap
+
+    # columnar: unit name → value views on (N,) arrays; a dict only if someone asks for one
+    bits = UnitMap(p.names, np.asarray(p.bits, dtype=np.int8)[choice])
+    formats = UnitMap(p.names, choice.astype(np.int16), list(p.formats)) if p.has_formats else None
     totals = {"avg_bits": MemoryCost().total(p, choice),
               "avg_bits_with_overhead": MemoryCost(count_overhead=True).total(p, choice)}
     totals.update({c.cost.resource: float(t / c.cost.scale(p))  # from the compiled matrices: no rebuild

@@ -72,41 +72,67 @@ def fill(S: np.ndarray, C: np.ndarray, cap: float, choice: np.ndarray, passes: i
     """Spend the leftover budget: apply the largest single-unit loss reductions that still fit,
     in decreasing gain. Each pass looks at the best `chunk` moves per candidate column
     (argpartition, no full sort); a pass that moves something is followed by another."""
-    units = np.arange(len(choice))
     choice = choice.copy()
-    K = S.shape[1]
     for _ in range(passes):
-        cur_c, cur_s = C[units, choice], S[units, choice]
-        left = cap - cur_c.sum()
-        parts = []  # (unit, candidate, gain, extra cost) of the best improving moves that fit
-        cheapest = np.inf  # the cheapest improving move that fits, kept or not
-        for k in range(K):
-            extra = C[:, k] - cur_c
-            gain = cur_s - S[:, k]
-            m = np.flatnonzero((extra <= left) & (gain > 0))
-            if len(m):
-                cheapest = min(cheapest, float(extra[m].min()))
-            if len(m) > chunk:  # only the best `chunk` of this column can be needed in this pass
-                m = m[np.argpartition(-gain[m], chunk)[:chunk]]
-            parts.append((m, np.full(len(m), k), gain[m], extra[m]))
-        unit, cand, g, ex = (np.concatenate(x) for x in zip(*parts))
-        changed = np.zeros(len(choice), bool)
-        moved = False
-        while True:
-            keep = (ex <= left) & ~changed[unit]
-            unit, cand, g, ex = unit[keep], cand[keep], g[keep], ex[keep]
-            if not len(unit):
-                break
-            top = np.argpartition(-g, chunk)[:chunk] if len(unit) > chunk else np.arange(len(unit))
-            top = top[np.lexsort((cand[top], unit[top], -g[top]))]
-            for i, k, cost in zip(unit[top].tolist(), cand[top].tolist(), ex[top].tolist()):
-                if changed[i] or cost > left:
-                    continue
-                choice[i] = k
-                changed[i] = True
-                left -= cost
-                moved = True
-            ex[top] = np.inf  # visited
+        left = cap - C[np.arange(len(choice)), choice].sum()
+        moves, cheapest = fill_moves(S, C, choice, left, chunk)
+        left, moved = apply_moves(moves, choice, left, chunk)
         if not moved or left < cheapest:
             break
     return choice
+
+
+def fill_moves(S: np.ndarray, C: np.ndarray, choice: np.ndarray, left: float, chunk: int = 4096, offset: int = 0):
+    """((unit + offset, candidate, gain, extra cost) of the best `chunk` improving moves per
+    candidate column that fit in `left`, the cheapest extra cost of any improving move that fits).
+    The top `chunk` of a union of blocks' tops is the top `chunk` of the whole: `stream.py` calls
+    this block by block."""
+    units = np.arange(len(choice))
+    cur_c, cur_s = C[units, choice], S[units, choice]
+    parts = []
+    cheapest = np.inf  # the cheapest improving move that fits, kept or not
+    for k in range(S.shape[1]):
+        extra = C[:, k] - cur_c
+        gain = cur_s - S[:, k]
+        m = np.flatnonzero((extra <= left) & (gain > 0))
+        if len(m):
+            cheapest = min(cheapest, float(extra[m].min()))
+        if len(m) > chunk:  # only the best `chunk` of this column can be needed in this pass
+            m = m[np.argpartition(-gain[m], chunk)[:chunk]]
+        parts.append((m + offset, np.full(len(m), k), gain[m], extra[m]))
+    return tuple(np.concatenate(x) for x in zip(*parts)), cheapest
+
+
+def top_moves(moves, chunk: int = 4096):
+    """The best `chunk` moves of each candidate column among `moves` (merged blocks)."""
+    unit, cand, g, ex = moves
+    keep = []
+    for k in np.unique(cand):
+        m = np.flatnonzero(cand == k)
+        keep.append(m[np.argpartition(-g[m], chunk)[:chunk]] if len(m) > chunk else m)
+    sel = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+    return unit[sel], cand[sel], g[sel], ex[sel]
+
+
+def apply_moves(moves, choice: np.ndarray, left: float, chunk: int = 4096) -> tuple[float, bool]:
+    """Apply moves in decreasing gain while they fit, one per unit (choice changed in place).
+    Returns (budget left, whether anything moved)."""
+    unit, cand, g, ex = moves
+    changed = np.zeros(len(choice), bool)
+    moved = False
+    while True:
+        keep = (ex <= left) & ~changed[unit]
+        unit, cand, g, ex = unit[keep], cand[keep], g[keep], ex[keep]
+        if not len(unit):
+            break
+        top = np.argpartition(-g, chunk)[:chunk] if len(unit) > chunk else np.arange(len(unit))
+        top = top[np.lexsort((cand[top], unit[top], -g[top]))]
+        for i, k, cost in zip(unit[top].tolist(), cand[top].tolist(), ex[top].tolist()):
+            if changed[i] or cost > left:
+                continue
+            choice[i] = k
+            changed[i] = True
+            left -= cost
+            moved = True
+        ex[top] = np.inf  # visited
+    return left, moved

@@ -5,7 +5,8 @@ from bitalloc.registry import Registry
 
 BACKENDS = Registry("backend", {"highs": "bitalloc.solvers.backends.highs",
                                 "pulp": "bitalloc.solvers.backends.pulp_cbc",
-                                "cpsat": "bitalloc.solvers.backends.cpsat"})
+                                "cpsat": "bitalloc.solvers.backends.cpsat",
+                                "highs-child": "bitalloc.solvers.backends.highs_child"})
 register = BACKENDS.register
 
 

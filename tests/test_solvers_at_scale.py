@@ -1,0 +1,149 @@
+"""--solver auto (exact where quick, else greedy + ILP polish, time limit on the wall clock),
+columnar allocations (array bits, npz sidecar), streaming greedy from disk."""
+import itertools
+import time
+
+import numpy as np
+import pytest
+
+import bitalloc
+from bitalloc import Problem, Profile
+from bitalloc.allocation import Allocation
+from bitalloc.columns import Names, UnitMap
+from bitalloc.errors import BitallocError
+from bitalloc.solvers import get_solver
+from bitalloc.solvers.stream import stream_greedy
+
+BITS = [2, 3, 4, 5, 6, 8]
+
+
+def synthetic(n, seed=0, names=None, formats=None):
+    """Loss w·4^-b with 5 % noise, 3 % of units with one null candidate (benchmarks/solvers.py)."""
+    rng = np.random.default_rng(seed)
+    w = 10.0 ** rng.uniform(-3, 1, n)
+    S = w[:, None] * 4.0 ** -np.array(BITS, float) * (1 + 0.05 * rng.standard_normal((n, len(BITS))))
+    null = np.flatnonzero(rng.random(n) < 0.03)
+    S[null, rng.integers(0, len(BITS), len(null))] = np.inf
+    n_params = rng.choice([576 * 128, 1536 * 128, 192 * 128], n)
+    names = names or Names.from_list([f"model.layers.{i // 64}.mlp.down_proj:g{i % 64}" for i in range(n)])
+    return Profile.from_columns(names, n_params, BITS, S, formats=formats)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_auto_equals_brute_force_on_tiny_problems(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 6))
+    p = synthetic(n, seed, names=[f"u{i}" for i in range(n)])
+    budget = float(rng.uniform(2.2, 6))
+    a = bitalloc.solve(p, budget)
+    assert a.solver == "auto"
+    C = p.n_params[:, None] * np.asarray(BITS)[None, :]
+    best = min((sum(p.sensitivity[i, k] for i, k in enumerate(ch)), ch)
+               for ch in itertools.product(range(len(BITS)), repeat=n)
+               if sum(C[i, k] for i, k in enumerate(ch)) <= budget * p.n_params.sum() * (1 + 1e-12))
+    assert a.status == "optimal"
+    assert a.objective == pytest.approx(best[0], rel=1e-9)
+    assert a.gap <= 1e-9
+
+
+@pytest.mark.parametrize("n,budget", [(300, 3.25), (1000, 2.6), (2000, 4.1)])
+def test_auto_equals_ilp_on_small_problems(n, budget):
+    p = synthetic(n, seed=n)
+    a = bitalloc.solve(p, budget)
+    ref = bitalloc.solve(p, budget, solver="ilp")
+    assert ref.status == "optimal" and a.status == "optimal", (a.status, a.meta)
+    assert a.objective == pytest.approx(ref.objective, rel=1e-9)
+    assert a.avg_bits <= budget * (1 + 1e-12)
+
+
+def test_auto_reported_gap_is_a_valid_bound():
+    """Restricted polish (few units freed): the answer is not proven, but the true optimum lies
+    between the bound and the objective, and the gap is what they say."""
+    p = synthetic(3000, seed=7)
+    a = bitalloc.solve(p, 3.25, exact_units=40)
+    assert a.meta["polish_exact"] is False and a.meta["polish_units"] == 40
+    opt = bitalloc.solve(p, 3.25, solver="ilp")
+    assert opt.status == "optimal"
+    assert a.bound <= opt.objective * (1 + 1e-12) <= a.objective * (1 + 1e-12)
+    assert a.gap == pytest.approx((a.objective - a.bound) / a.objective)
+    assert a.objective <= a.meta["greedy_objective"]  # the polish never makes it worse
+
+
+def test_auto_holds_its_time_limit_on_the_wall_clock():
+    """~3.5·10⁴ free units: HiGHS alone overruns a 2 s limit by many seconds (root setup)."""
+    p = synthetic(100_000, seed=0)
+    prob = Problem.average_bits(p, 3.25)
+    limit = 2.0
+    t0 = time.perf_counter()
+    a = get_solver("auto", time_limit=limit, exact_units=50_000).solve(prob)
+    wall = time.perf_counter() - t0
+    assert wall <= 1.1 * limit + 0.5, (wall, a.meta)  # + compile and allocation of 10⁵ units
+    assert a.ok and a.status in ("time_limit", "feasible", "optimal")
+    assert a.bound is not None and 0 <= a.gap < 1e-4
+    assert a.avg_bits <= 3.25 * (1 + 1e-12)
+
+
+def test_auto_options_are_checked():
+    with pytest.raises(BitallocError, match="time_limit"):
+        get_solver("auto", time_limit=-1)
+    with pytest.raises(BitallocError, match="exact_units"):
+        get_solver("auto", exact_units=0)
+
+
+@pytest.mark.parametrize("sidecar", [False, True])
+def test_allocation_with_array_bits_round_trips(tmp_path, sidecar):
+    p = synthetic(500, seed=1, formats=["int2", "int3", "fp4_e2m1", "int5", "int6", "int8"])
+    a = bitalloc.solve(p, 3.25, solver="greedy")
+    assert isinstance(a.bits, UnitMap) and isinstance(a.formats, UnitMap)
+    path = a.save(tmp_path / "a.json", sidecar=sidecar)
+    assert (tmp_path / "a.npz").exists() == sidecar
+    b = Allocation.load(path)
+    assert dict(b.bits) == dict(a.bits) and dict(b.formats) == dict(a.formats)
+    assert b.objective == a.objective and b.status == a.status and b.totals == a.totals
+    assert np.array_equal(b.choice(p), a.choice(p))
+    assert np.array_equal(a.choice(p), Allocation.from_json(a.to_json()).choice(p))  # by-name path agrees
+    assert b.to_json() == a.to_json()
+
+
+def test_allocation_sidecar_is_checked(tmp_path):
+    a = bitalloc.solve(synthetic(50, seed=2), 3.0, solver="greedy")
+    path = a.save(tmp_path / "a.json", sidecar=True)
+    (tmp_path / "a.npz").write_bytes(b"not a zip")
+    with pytest.raises(BitallocError, match="sidecar"):
+        Allocation.load(path)
+
+
+def test_profile_loads_columnar(tmp_path):
+    p = synthetic(2000, seed=4)
+    q = Profile.load(p.save(tmp_path / "p.json", sidecar=True))
+    assert isinstance(q.names, Names) and q.names == p.names and q.names[1999] == p.names[1999]
+    assert list(q.layers)[:2] == ["model.layers.0.mlp.down_proj"] * 2
+    with pytest.raises(BitallocError, match="duplicate"):
+        Profile.from_columns(Names.from_list(["a", "b", "a"]), np.ones(3, np.int64), [4], np.ones((3, 1)))
+
+
+@pytest.mark.parametrize("budget", [2.4, 3.25, 8.0])
+def test_streaming_greedy_equals_in_memory(tmp_path, budget):
+    p = synthetic(20_000, seed=5)
+    path = p.save(tmp_path / "p.json", sidecar=True)
+    a = get_solver("greedy").solve(Problem.average_bits(Profile.load(path), budget))
+    b = stream_greedy(path, budget, block=3000)
+    assert np.array_equal(a.bits.array, b.bits.array)
+    assert b.objective == pytest.approx(a.objective, rel=1e-12)
+    assert b.bound == pytest.approx(a.bound, rel=1e-9) and b.status == a.status
+    assert b.avg_bits <= budget * (1 + 1e-12)
+
+
+def test_cli_stream_equals_greedy(tmp_path, capsys):
+    from bitalloc.cli import main
+
+    p = synthetic(3000, seed=6)
+    path = p.save(tmp_path / "p.json", sidecar=True)
+    out = tmp_path / "a.json"
+    assert main(["solve", "--profile", str(path), "--budget", "3.25", "--stream", "--out", str(out)]) == 0
+    a = Allocation.load(out)
+    ref = bitalloc.solve(Profile.load(path), 3.25, solver="greedy")
+    assert dict(a.bits) == dict(ref.bits) and a.objective == pytest.approx(ref.objective, rel=1e-12)
+    capsys.readouterr()
+    assert main(["solve", "--profile", str(path), "--budget", "3.25", "--stream", "--pin", "x=4"]) == 2
+    assert "does not apply with --stream" in capsys.readouterr().err
