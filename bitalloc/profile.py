@@ -16,7 +16,7 @@ import numpy as np
 
 from bitalloc.errors import BitallocError, bad
 from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
-from bitalloc.units import Unit
+from bitalloc.units import Unit, check_names
 
 SCHEMA = "bitalloc.profile/1"
 SIDECAR_MIN_UNITS = 20_000  # above this, save() writes the .npz sidecar by default
@@ -77,6 +77,10 @@ class Profile:
         self.formats = _check_formats(formats, self.bits)
         self.names, self.layers, self.kinds = names, layers, kinds
         n = len(names)
+        if not all(isinstance(s, str) and s for s in names):
+            i = next(i for i, s in enumerate(names) if not (isinstance(s, str) and s))
+            raise bad(f"units[{i}].name", names[i], "must be a non-empty string")
+        check_names(names)
         for field, arr in (("n_params", n_params), ("macs", macs), ("rows", rows), ("cols", cols)):
             if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
                 raise bad(field, f"array of shape {arr.shape} and dtype {arr.dtype}", f"must be {n} integers")

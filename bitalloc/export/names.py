@@ -48,17 +48,11 @@ def gguf_names(bits: dict[str, int], fmt: str) -> dict[str, str]:
 
 def model_modules(model: str) -> set[str]:
     """Names of the quantizable modules of a real model (bitalloc.models.MODELS)."""
-    from bitalloc.zoo.demo import MODELS, smollm2_gguf
+    from bitalloc.zoo.demo import MODELS, module_shapes
 
     if model not in MODELS:
         raise bad("--model", model, f"allowed: {', '.join(MODELS)}")
-    if model == "smollm2":
-        from gguf import GGUFReader
-
-        return {n for t in GGUFReader(str(smollm2_gguf())).tensors if (n := hf_name(t.name))}
-    from bitalloc.zoo.demo import load_task
-
-    return set(load_task(model, samples=1).layers)
+    return set(module_shapes(model))  # read from the GGUF / safetensors header: no weights loaded
 
 
 def check_model(bits: dict[str, int], model: str | None) -> None:
@@ -66,7 +60,7 @@ def check_model(bits: dict[str, int], model: str | None) -> None:
     if model is None:
         return
     known = model_modules(model)
-    unknown = [n for n in bits if n not in known]
+    unknown = [n for n in bits if n.split(":")[0] not in known]
     if unknown:
         raise bad("allocation unit", unknown[0], f"is not a module of model {model!r} ({len(unknown)} of {len(bits)} "
                   "units unknown): allocation for another model?")
