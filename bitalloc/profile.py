@@ -186,6 +186,7 @@ class Profile:
         meta = d.get("meta", {})
         if not isinstance(meta, dict):
             raise bad("meta", meta, "must be a JSON object")
+        _check_meta(meta)
         if "sidecar" in d:
             return cls._from_sidecar(d, base or Path("."), meta, extra)
         units_raw = d.get("units")
@@ -230,6 +231,18 @@ class Profile:
 
 
 # ---- validation helpers ----------------------------------------------------------------
+def _check_meta(meta: dict) -> None:
+    """The meta keys cost models read (group_size, symmetric, outlier_fraction), when present."""
+    g = meta.get("group_size", 1)
+    if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= 2**31:
+        raise bad("meta.group_size", g, "must be a positive integer (input columns per scale)")
+    if not isinstance(meta.get("symmetric", False), bool):
+        raise bad("meta.symmetric", meta["symmetric"], "must be true or false")
+    f = meta.get("outlier_fraction", 0.0)
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
+        raise bad("meta.outlier_fraction", f, "must be a number in [0, 1)")
+
+
 def _check_bits(bits) -> list[int]:
     if not isinstance(bits, (list, tuple)) or not bits:
         raise bad("bits", bits, "must be a non-empty list of bit-widths")

@@ -431,7 +431,8 @@ def page(results, faults, race, fuzz) -> str:
 
     lines = ["# Reliability: nothing half-written, nothing fooled, every bad input one line", "",
              "Produced by `PYTHONPATH=. python scripts/reliability_table.py --fuzz 2000` "
-             f"(python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Every case "
+             f"(python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
+             f"{os.getloadavg()[0]:.1f} on a shared 2-core machine). Every case "
              "runs `bitalloc` as a subprocess in a fresh folder; \"files left\" lists what the command added to the "
              "folder (temp files included). The same cases are regression tests (tests/test_reliability.py).", "",
              "## How outputs are published", "",

@@ -37,7 +37,7 @@ texts = st.one_of(st.text(max_size=12), st.sampled_from(["", "a\nb", "x\x1b[1m",
 json_values = st.recursive(st.one_of(st.none(), st.booleans(), numbers, texts),
                            lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                    st.dictionaries(texts, inner, max_size=4)), max_leaves=12)
-PATHS = [("units",), ("units", 0), ("units", 1, "name"), ("units", 2, "n_params"), ("units", 0, "shape"),
+PATHS = [("meta", "symmetric"), ("meta", "outlier_fraction"), ("units",), ("units", 0), ("units", 1, "name"), ("units", 2, "n_params"), ("units", 0, "shape"),
          ("units", 3, "layer"), ("units", 1, "index"), ("units", 0, "axis"), ("bits",), ("bits", 1), ("formats",),
          ("sensitivity",), ("sensitivity", 0), ("sensitivity", 2, 1), ("meta",), ("meta", "group_size"),
          ("schema",), ("sidecar",), ("n_units",)]
@@ -145,7 +145,7 @@ def argvs(draw):
         argv = ["plan", *argv]
     if cmd in ("solve", "pareto") and "--profile" not in argv:
         argv += ["--profile", "p.json"]
-    return [cmd, *argv]
+    return [cmd, *[a for a in argv if a != "--debug"]]  # --debug shows tracebacks by design
 
 
 def _outputs(argv: list[str]) -> list[str]:
