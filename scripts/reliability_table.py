@@ -6,7 +6,7 @@ its exit code, its stderr (one line expected), and the files left in the folder 
 (temp files included). tests/test_reliability.py runs the same CASES in-process as regression
 tests; this script writes docs/reliability.md:
 
-    PYTHONPATH=. python scripts/reliability_table.py [--out docs/reliability.md] [--fuzz 2000]
+    PYTHONPATH=. python scripts/reliability_table.py [--out docs/reliability.md] [--fuzz 100]
 
 --fuzz N also runs the hypothesis fuzz (tests/test_fuzz.py, N examples per property) and puts
 its statistics in the page.
@@ -409,11 +409,15 @@ def main() -> None:
             folder = tmp / f"race{i}"
             folder.mkdir()
             race.append(two_writers(folder))
+    FUZZ_N[0] = args.fuzz
     fuzz = run_fuzz(args.fuzz) if args.fuzz else None
     Path(args.out).write_text(page(results, faults, race, fuzz))
     print(f"wrote {args.out}", file=sys.stderr)
     if not all(r["ok"] for _, r in results):
         sys.exit(1)
+
+
+FUZZ_N = [0]
 
 
 def run_fuzz(n: int) -> str:
@@ -430,7 +434,7 @@ def page(results, faults, race, fuzz) -> str:
     import platform
 
     lines = ["# Reliability: nothing half-written, nothing fooled, every bad input one line", "",
-             "Produced by `PYTHONPATH=. python scripts/reliability_table.py --fuzz 2000` "
+             f"Produced by `PYTHONPATH=. python scripts/reliability_table.py --fuzz {FUZZ_N[0]}` "
              f"(python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
              f"{os.getloadavg()[0]:.1f} on a shared 2-core machine). Every case "
              "runs `bitalloc` as a subprocess in a fresh folder; \"files left\" lists what the command added to the "
@@ -471,7 +475,8 @@ def page(results, faults, race, fuzz) -> str:
                   "argument lists (solve, pareto, report, export, mcu plan with hostile values) through "
                   "`bitalloc.cli.main` in-process. Property: exit 0 with every named output valid, or exit 2 with "
                   "exactly one stderr line and no file written. The fast suite runs each property with "
-                  "max_examples=60 (BITALLOC_FUZZ_EXAMPLES overrides); this run:", "", "```", fuzz, "```"]
+                  "max_examples=60 (BITALLOC_FUZZ_EXAMPLES overrides); this run (--fuzz N: N examples for each fast property, "
+                  "10 N for each slow one):", "", "```", fuzz, "```"]
     return "\n".join(lines) + "\n"
 
 
