@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bitalloc.columns import Names, UnitMap
-from bitalloc.errors import bad
+from bitalloc.errors import BitallocError, bad
 from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
 
 SCHEMA = "bitalloc.allocation/1"
@@ -250,6 +250,12 @@ def _check_fields(d: dict, where: str) -> None:
     elif not isinstance(bits, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
                                                and 1 <= v <= 32 for k, v in bits.items()):
         raise bad(f"{where}: bits", bits, "must map each unit name to an integer bit-width from 1 to 32")
+    from bitalloc.units import check_names
+
+    try:
+        check_names(list(bits))
+    except BitallocError as e:
+        raise BitallocError(f"{where}: {e}") from None
     for k in ("status", "solver"):
         if not isinstance(d.get(k), str):
             raise bad(f"{where}: {k}", d.get(k), "must be a string")

@@ -183,3 +183,12 @@ def tie_groups(names: list[str], tokens: Sequence[str]) -> list[list[str]]:
         key = ".".join(parts[:j] + ["*"] + parts[j + 1:]) + sep + tail
         buckets.setdefault(key, []).append(s)
     return [g for g in buckets.values() if len(g) > 1]
+
+
+def unmatched_tokens(names: list[str], tokens: Sequence[str]) -> list[str]:
+    """The `tokens` of a tie that are no whole dotted part of any unit name (a typo: tie_groups
+    would silently leave them out)."""
+    parts: set[str] = set()
+    for s in names:
+        parts.update(s.partition(":")[0].split("."))
+    return [t for t in tokens if t not in parts]

@@ -17,7 +17,7 @@ import numpy as np
 from bitalloc.columns import Coded, Names, Prefixes
 from bitalloc.errors import BitallocError, bad
 from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
-from bitalloc.units import Unit
+from bitalloc.units import Unit, check_names
 
 from bitalloc.quant.formats.spec import default_format, parse_candidate  # noqa: F401 (default_format re-exported)
 
@@ -80,6 +80,10 @@ class Profile:
         self.format_objects = [parse_candidate(f, b) for f, b in zip(self.formats, self.bits)]
         self.names, self.layers, self.kinds = names, layers, kinds
         n = len(names)
+        if not all(isinstance(s, str) and s for s in names):
+            i = next(i for i, s in enumerate(names) if not (isinstance(s, str) and s))
+            raise bad(f"units[{i}].name", names[i], "must be a non-empty string")
+        check_names(names)
         for field, arr in (("n_params", n_params), ("macs", macs), ("rows", rows), ("cols", cols)):
             if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
                 raise bad(field, f"array of shape {arr.shape} and dtype {arr.dtype}", f"must be {n} integers")
@@ -190,6 +194,7 @@ class Profile:
         meta = d.get("meta", {})
         if not isinstance(meta, dict):
             raise bad("meta", meta, "must be a JSON object")
+        _check_meta(meta)
         if "sidecar" in d:
             return cls._from_sidecar(d, base or Path("."), meta, extra)
         units_raw = d.get("units")
@@ -238,6 +243,18 @@ class Profile:
 
 
 # ---- validation helpers ----------------------------------------------------------------
+def _check_meta(meta: dict) -> None:
+    """The meta keys cost models read (group_size, symmetric, outlier_fraction), when present."""
+    g = meta.get("group_size", 1)
+    if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= 2**31:
+        raise bad("meta.group_size", g, "must be a positive integer (input columns per scale)")
+    if not isinstance(meta.get("symmetric", False), bool):
+        raise bad("meta.symmetric", meta["symmetric"], "must be true or false")
+    f = meta.get("outlier_fraction", 0.0)
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1:
+        raise bad("meta.outlier_fraction", f, "must be a number in [0, 1)")
+
+
 def _check_bits(bits) -> list[int]:
     if not isinstance(bits, (list, tuple)) or not bits:
         raise bad("bits", bits, "must be a non-empty list of bit-widths")

@@ -7,12 +7,24 @@ per-group quantization (SliM-LLM, GPTQ); channel c holds row c.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from bitalloc.errors import bad
 
 GRANULARITIES = ("layer", "group", "channel")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0/C1 controls, line/paragraph separators
+
+
+def check_names(names, field: str = "unit name") -> None:
+    """Refuse a name holding a control character (newline, tab, escape, NUL...): names are printed
+    in tables and one-line errors, written to CSV and GGUF keys. One regex pass over all names."""
+    names = names if isinstance(names, list) else list(names)
+    if _CONTROL.search("/".join(names)) is None:
+        return
+    bad_name = next(s for s in names if _CONTROL.search(s))
+    raise bad(field, bad_name, "must not contain control characters (newline, tab, escape, ...)")
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,10 @@ class Unit:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise bad("unit name", self.name, "must be a non-empty string")
+        check_names([self.name])
+        if not isinstance(self.layer, str):
+            raise bad(f"unit {self.name!r} layer", self.layer, "must be a string")
+        check_names([self.layer], "unit layer")
         if not self.layer:
             object.__setattr__(self, "layer", self.name.split(":")[0])
         if isinstance(self.n_params, bool) or not isinstance(self.n_params, int) or self.n_params <= 0:

@@ -1,7 +1,7 @@
 """A post-training quantization pipeline with bitalloc, as a library user writes it:
 profile → solve → apply → verify → export.
 
-    python examples/ptq_pipeline.py [--model digits-cnn|minilm] [--budget 3.5] [--out ptq-out]
+    python examples/ptq_pipeline.py [--model digits-cnn|minilm] [--budget 3.5] [--out ptq-out] [--samples N] [--seeds 3]
 
 digits-cnn (a small CNN on scikit-learn's digits) runs in well under a minute on a laptop CPU;
 minilm (all-MiniLM-L6-v2 sentence embeddings) in a few minutes. Writes into --out: the profile,
@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 import bitalloc
-from bitalloc.fileio import dumps
+from bitalloc.export import export
+from bitalloc.fileio import atomic_write, dumps
 from bitalloc.zoo.demo import load_task
 from bitalloc.sensitivity import get_estimator
 
@@ -29,10 +30,13 @@ def main() -> None:
     ap.add_argument("--model", default="digits-cnn", choices=sorted(SETUP))
     ap.add_argument("--budget", type=float, default=3.5, help="average bits per weight")
     ap.add_argument("--out", default="ptq-out")
+    ap.add_argument("--samples", type=int, default=None, help="calibration samples (model default)")
+    ap.add_argument("--seeds", type=int, default=3, help="random baselines in verify (3)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     granularity, group_size, samples = SETUP[args.model]
+    samples = args.samples or samples
 
     # 1. profile: how much the loss grows when each unit is quantized at each bit-width
     task = load_task(args.model, samples=samples)
@@ -53,21 +57,14 @@ def main() -> None:
 
     # 4. verify: budgets recomputed from the packed weights; quality against uniform and random
     #    allocations of the same budget, on held-out data
-    report = bitalloc.verify(task, alloc, packed=out / "model.q.safetensors", baselines=True, seeds=3)
-    (out / "verify.json").write_text(dumps(report.to_json()))
+    report = bitalloc.verify(task, alloc, packed=out / "model.q.safetensors", baselines=True, seeds=args.seeds)
+    atomic_write(out / "verify.json", dumps(report.to_json()), force=True)
     print(report.tables())
     if not report.ok:
         raise SystemExit("verify: a budget is exceeded")
 
-    # 5. export: the allocation for downstream tools (a plain unit → bits map for this model)
-    try:
-        from bitalloc.export import export
-    except ImportError:  # an installation without bitalloc.export: write the same map by hand
-        export = None
-    if export is not None:
-        export(alloc, "json", out / "bits.json", force=True)
-    else:
-        (out / "bits.json").write_text(dumps(alloc.bits))
+    # 5. export: the allocation for downstream tools (a plain unit → bits map, channels included)
+    export(alloc, "json", out / "bits.json", force=True)
     print(f"export: {out / 'bits.json'}")
 
 

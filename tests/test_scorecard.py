@@ -35,7 +35,7 @@ def test_within_layer_agreement_separates_from_across_units():
 def test_layer_granularity_has_no_within_column():
     measured = _profile(np.c_[np.arange(1, 6), np.arange(1, 6) / 16.0], [f"l{i}" for i in range(5)])
     r = rank_agreement(measured, measured)
-    assert np.isnan(r["spearman_within"]) and r["spearman_units"] == pytest.approx(1.0)
+    assert r["spearman_within"] is None and r["spearman_units"] == pytest.approx(1.0)  # undefined: null, not NaN
     assert "within layer" not in markdown(card_rows({"m": measured}, measured), "t")
 
 

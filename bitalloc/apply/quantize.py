@@ -134,11 +134,16 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
         shape2d = (int(w.shape[0]), int(w[0].numel()))
         layer_units = carve([(layer, shape2d, int((macs or {}).get(layer, w.numel())))], gran, settings.group_size)
         expected = {u.name for u in layer_units}
+        if names - expected:
+            raise bad("allocation unit", sorted(names - expected)[0], f"is not a unit of layer {layer!r} of shape "
+                      f"{shape2d} at {gran} granularity (group size {settings.group_size}); is the allocation for "
+                      "another model?")
         if expected != names:
-            odd = sorted(names - expected) or sorted(expected - names)
-            what = "is not a unit of" if names - expected else "is missing for"
-            raise bad("allocation unit", odd[0], f"{what} layer {layer!r} of shape {shape2d} at {gran} granularity "
-                      f"(group size {settings.group_size}); is the allocation for another model?")
+            miss = sorted(expected - names)
+            raise BitallocError(f"allocation is partial: it covers {len(names)} of the {len(expected)} units of layer "
+                                f"{layer!r}; missing {', '.join(miss[:4])}{', ...' if len(miss) > 4 else ''} (a profile "
+                                "of a subset of units); fill them with bitalloc.models.check.fill_partial "
+                                "(CLI: --allow-partial BITS)")
         units += layer_units
     out = []
     for u in units:

@@ -76,6 +76,10 @@ def progress_bar(desc: str):
     """(callback, close()) drawing a tqdm bar on stderr. The callback takes `(done, total)` from
     estimators that count their steps, or one status string from those that iterate to a
     tolerance (Hutchinson probes), shown next to the bar."""
+    from bitalloc.extras import available
+
+    if not available("tqdm"):  # a base install: no bar, the work is the same
+        return (lambda *args: None), (lambda: None)
     from tqdm import tqdm
 
     bar = tqdm(desc=desc, unit="step", leave=False, dynamic_ncols=True)
@@ -151,7 +155,7 @@ def add_problem_args(s) -> None:
 
 def problem_options(args, profile) -> dict:
     """Problem keyword arguments from the flags of `add_problem_args` (pins, ties, bit limits)."""
-    from bitalloc.problem import tie_groups
+    from bitalloc.problem import tie_groups, unmatched_tokens
 
     pins = {}
     for item in args.pin:
@@ -164,5 +168,12 @@ def problem_options(args, profile) -> dict:
         toks = [t.strip() for t in spec.split(",") if t.strip()]
         if len(toks) < 2:
             raise bad("--tie", spec, "must name at least two name parts, e.g. q_proj,k_proj,v_proj")
-        ties += tie_groups(profile.names, toks)
+        missing = unmatched_tokens(profile.names, toks)
+        if missing:
+            raise bad("--tie", spec, f"{missing[0]!r} is no dotted part of any unit name (a typo?); "
+                      f"e.g. {profile.names[0]!r}")
+        groups = tie_groups(profile.names, toks)
+        if not groups:
+            raise bad("--tie", spec, "ties no units: no two unit names differ only in these parts")
+        ties += groups
     return dict(pins=pins, ties=ties, min_bits=args.min_bits, max_bits=args.max_bits)

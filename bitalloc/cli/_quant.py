@@ -14,6 +14,9 @@ def add_quant_args(p) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (calibration and held-out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite output files")
+    p.add_argument("--allow-partial", type=int, nargs="?", const=8, default=None, metavar="BITS",
+                   help="an allocation over a subset of a layer's units (a partial profile, e.g. measured "
+                        "--option units=40): keep the missing units at BITS (8)")
 
 
 def check_quant_args(args) -> dict:
@@ -27,3 +30,23 @@ def check_quant_args(args) -> dict:
     options = parse_options(args.option)
     Settings(args.quantizer, options, args.group_size, args.symmetric, args.zero)
     return dict(group_size=args.group_size, symmetric=args.symmetric, zero=args.zero, options=options)
+
+
+def precheck_allocation(args, alloc):
+    """Before the slow model load: the allocation's units against the model's module names and
+    shapes (read cheaply), a partial allocation named as such (or filled with --allow-partial),
+    and its own average-bits budgets recomputed from its bits. Returns the allocation to use."""
+    from bitalloc.errors import BitallocError
+    from bitalloc.models.check import check_allocation, fill_partial, stated_budget_failures
+    from bitalloc.zoo.demo import module_shapes
+
+    shapes = module_shapes(args.model)
+    where = f"--allocation {args.allocation!r}"
+    check_allocation(alloc, list(shapes), args.group_size, where)  # another model: before the shapes matter
+    if args.allow_partial is not None:
+        alloc = fill_partial(alloc, shapes, args.group_size, args.allow_partial)
+    units = check_allocation(alloc, shapes, args.group_size, where)
+    fails = stated_budget_failures(alloc, units, args.group_size, args.symmetric)
+    if fails:
+        raise BitallocError(f"{where}: {fails[0]}: the allocation breaks its own budget (nothing written)")
+    return alloc

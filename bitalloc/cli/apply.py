@@ -16,17 +16,21 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from bitalloc.allocation import Allocation
     from bitalloc.apply.quantize import Settings, apply, plan
-    from bitalloc.errors import bad
+    from bitalloc.errors import BitallocError, bad
+    from bitalloc.extras import require_model
     from bitalloc.fileio import check_writable
-    from bitalloc.zoo.demo import load_task
     from bitalloc.verify.budgets import check_budgets
     from bitalloc.cli._common import progress_bar
+    from bitalloc.cli._quant import precheck_allocation
 
     kw = check_quant_args(args)
     if not args.allocation:
         raise bad("--allocation", None, "required: the allocation JSON to apply")
-    alloc = Allocation.load(args.allocation)
+    require_model(args.model)
     check_writable(args.out, args.force)
+    alloc = precheck_allocation(args, Allocation.load(args.allocation))
+    from bitalloc.zoo.demo import load_task
+
     print(f"loading {args.model} ...", file=sys.stderr)
     task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
     plan(task.model, alloc, Settings(args.quantizer, kw["options"], args.group_size, args.symmetric, args.zero))
@@ -37,11 +41,16 @@ def run(args) -> int:
     finally:
         close()
     report = check_budgets(q.packed(), task.model, alloc, task=task)
+    if report.failures:  # refused before writing: no packed file of a broken allocation
+        more = f" (+{len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
+        raise BitallocError(f"{report.failures[0]}{more}; nothing written")
     q.save(args.out, force=args.force)
     t = report.totals
     print(f"wrote {args.out}: {len(q.codes)} units, {t['n_params']:,} weights, {t['avg_bits']:.4f} bits/weight "
           f"({t['avg_bits_with_overhead']:.4f} with scales/zeros, {t['file_bits_per_weight']:.4f} in the file); "
           f"quantizer {q.settings.describe()}")
-    for f in report.failures:
-        print(f"bitalloc: budget: {f}", file=sys.stderr)
-    return 1 if report.failures else 0
+    if t.get("filled_units"):
+        print(f"  {t['filled_units']} units missing from the allocation kept at {t['filled_bits']} bits "
+              f"(--allow-partial); whole model {t['model_avg_bits']:.4f} bits/weight; budgets hold for the "
+              f"{t['n_params_allocated']:,} allocated weights")
+    return 0

@@ -35,6 +35,10 @@ def run(args) -> int:
     from bitalloc.fileio import check_writable
 
     FORMATS.get(args.format)
+    if args.format in ("gguf", "llama.cpp") or args.model == "smollm2":
+        from bitalloc.extras import require
+
+        require("gguf", why=f"--format {args.format}" if args.format in ("gguf", "llama.cpp") else "--model smollm2")
     check_writable(args.out, args.force)
     options = {k: getattr(args, k) for k in _OPTIONS if getattr(args, k) is not None}
     bar = _LazyBar("encoding tensors")

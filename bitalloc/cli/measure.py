@@ -26,6 +26,14 @@ def run(args) -> int:
     from bitalloc.cli._common import progress_bar
 
     cls = RUNNERS.get(args.runner)
+    if args.runner == "host-cpu":
+        from bitalloc.extras import require
+
+        require("torch", why="--runner host-cpu")
+    if args.warmup < 0 or args.warmup > 10**6:
+        raise bad("--warmup", args.warmup, "must be from 0 to 1000000")
+    if args.repeats < 1 or args.repeats > 10**6:
+        raise bad("--repeats", args.repeats, "must be from 1 to 1000000")
     check_writable(args.out, args.force)
     header, entries = read_plan(args.plan)
     if header["device"] != cls.device:

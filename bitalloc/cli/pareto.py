@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bitalloc.errors import bad
 from bitalloc.cli._common import add_constraint_args, add_problem_args, add_profile_arg
@@ -25,20 +26,24 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bitalloc.fileio import check_writable, dumps
-    from bitalloc.report.pareto import budget_range, exact_front, uniform_points, write_csv
+    from bitalloc.fileio import check_writable, dumps, publish_all
+    from bitalloc.report.pareto import budget_range, csv_text, exact_front, uniform_points
     from bitalloc.hwcost.memory import MemoryCost
     from bitalloc.problem import Constraint, Problem
 
     from bitalloc.cli._common import constraints_from_args, fit_reports, load_profile, problem_options
 
     budgets = budget_range(args.budgets)
-    extra = constraints_from_args(args)
-    for path in (args.out, args.plot):
-        if path:
-            check_writable(path, args.force)
-    if args.out and args.plot and args.out == args.plot:
+    if args.plot is not None:
+        from bitalloc.extras import require
+
+        require("matplotlib", why="--plot")
+    for path, flag in ((args.out, "--out"), (args.plot, "--plot")):
+        if path is not None:
+            check_writable(path, args.force, flag)
+    if args.out is not None and args.plot is not None and Path(args.out).absolute() == Path(args.plot).absolute():
         raise bad("--plot", args.plot, "must differ from --out")
+    extra = constraints_from_args(args)
     opts = {k: v for k, v in (("backend", args.backend), ("time_limit", args.time_limit)) if v is not None}
     profile = load_profile(args.profile)
     problem = Problem(profile, [Constraint(MemoryCost(count_overhead=args.count_overhead), budgets[0]), *extra],
@@ -49,14 +54,16 @@ def run(args) -> int:
         m = min(problem.compile().min_totals()[0] / problem.constraints[0].cost.scale(profile), 1e300)
         raise bad("--budgets", args.budgets, f"every budget is infeasible; the smallest feasible "
                   f"{problem.constraints[0].cost.resource} is {m:.4f}")
-    if args.out:
-        write_csv(rows + uniform, profile.bits, args.out, args.force)
-    if args.plot:
+    outputs = []  # built in memory, then published together: a failure leaves neither file
+    if args.out is not None:
+        outputs.append((args.out, csv_text(rows + uniform, profile.bits), "--out"))
+    if args.plot is not None:
         from bitalloc.report.plots import front_plot
 
         model = profile.meta.get("model", "profile")
         title = f"{model}: {profile.n_units} units, {int(profile.n_params.sum()):,} weights, {profile.meta.get('estimator', '')} scores"
-        front_plot(rows, uniform, sorted(set(profile.bits)), title, args.plot, args.force)
+        outputs.append((args.plot, front_plot(rows, uniform, sorted(set(profile.bits)), title, None), "--plot"))
+    publish_all(outputs, args.force)
     if args.json:
         sys.stdout.write(dumps({"front": rows, "uniform": uniform}))
     else:
@@ -64,7 +71,7 @@ def run(args) -> int:
             print(f"{res}: {line}", file=sys.stderr)
         _table(rows, uniform, problem.constraints[0].cost.resource)
         for path in (args.out, args.plot):
-            if path:
+            if path is not None:
                 print(f"wrote {path}")
     return 0
 

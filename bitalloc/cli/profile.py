@@ -45,7 +45,6 @@ def parse_candidates(text: str) -> tuple:
 def run(args) -> int:
     from bitalloc.errors import bad
     from bitalloc.fileio import check_writable
-    from bitalloc.zoo.demo import load_task
     from bitalloc.sensitivity import ESTIMATORS
 
     kv = args.kind == "kv"
@@ -63,9 +62,16 @@ def run(args) -> int:
     if args.candidates is not None:
         bits = parse_candidates(args.candidates)
     ESTIMATORS.get(args.estimator)
+    from bitalloc.extras import require, require_model
+
+    require_model(args.model)
+    if args.estimator == "lrp":
+        require("zennit", why="--estimator lrp")
     check_writable(args.out, args.force)
     estimator = ESTIMATORS.create(args.estimator, bits=bits, granularity=args.granularity,
                                   group_size=args.group_size, **parse_options(args.option))
+    from bitalloc.zoo.demo import load_task
+
     print(f"loading {args.model} ...", file=sys.stderr)
     task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
     estimator.units(task)  # group size against the layers: fail before any work

@@ -22,8 +22,11 @@ def run(args) -> int:
     from bitalloc.profile import Profile
     from bitalloc.report.tables import render
 
-    if args.plot:
-        check_writable(args.plot, args.force)
+    if args.plot is not None:
+        from bitalloc.extras import require
+
+        require("matplotlib", why="--plot")
+        check_writable(args.plot, args.force, "--plot")
     alloc = Allocation.load(args.allocation)
     if not alloc.bits:
         raise bad("--allocation", args.allocation, f"holds no bits (status {alloc.status}): nothing to report")
@@ -31,7 +34,7 @@ def run(args) -> int:
     from bitalloc.report.tables import per_bits
 
     rows = per_bits(alloc, profile) if profile is not None else None
-    if args.plot:
+    if args.plot is not None:
         from bitalloc.report.plots import bits_plot
 
         weights = dict(zip(profile.names, profile.n_params.tolist())) if profile is not None else None
@@ -42,7 +45,7 @@ def run(args) -> int:
     render([alloc])
     if rows is not None:
         _table(rows)
-    if args.plot:
+    if args.plot is not None:
         print(f"wrote {args.plot}")
     return 0
 

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from bitalloc.fileio import atomic_write, check_writable, dumps
+    from bitalloc.fileio import check_writable, dumps, publish_all
     from bitalloc.zoo.demo import load_task
     from bitalloc.profile import Profile
     from bitalloc.report.scorecard import card_rows, markdown, plot
@@ -38,35 +38,50 @@ def run(args) -> int:
             raise bad("--estimators", n, "measured is the reference; it is always run")
     if args.measured_units is not None and args.measured_units < 2:
         raise bad("--measured-units", args.measured_units, "must be at least 2")
-    outs = [args.out] + ([args.plot] if args.plot else [])
-    for path in outs:
-        check_writable(path, args.force)
-    save_dir = Path(args.save_profiles) if args.save_profiles else None
+    from bitalloc.extras import require, require_model
+
+    require_model(args.model)
+    require("scipy", why="scorecard")
+    if args.plot is not None:
+        require("matplotlib", why="--plot")
+    outs = [(args.out, "--out")] + ([(args.plot, "--plot")] if args.plot is not None else [])
+    for path, flag in outs:
+        check_writable(path, args.force, flag)
+    if args.plot is not None and Path(args.plot).absolute() == Path(args.out).absolute():
+        raise bad("--plot", args.plot, "must differ from --out")
+    save_dir = Path(args.save_profiles) if args.save_profiles is not None else None
     if save_dir is not None and not save_dir.is_dir():
         raise bad("--save-profiles", str(save_dir), "must be an existing folder")
+    saved = [] if save_dir is None else [save_dir / f"{args.model}.{n}.json" for n in ["measured", *names]]
+    for path in saved[0 if not args.measured else 1:]:
+        check_writable(path, args.force, "--save-profiles")
+    if args.measured is not None:
+        measured_given = Profile.load(args.measured)  # a bad file fails before the model loads
 
     print(f"loading {args.model} ...", file=sys.stderr)
     task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
     common = dict(bits=bits, granularity=args.granularity, group_size=args.group_size)
-    if args.measured:
-        measured = Profile.load(args.measured)
+    outputs = []  # everything is written at the end, together: a failure leaves no file
+    if args.measured is not None:
+        measured = measured_given
     else:
         opts = {"units": args.measured_units} if args.measured_units else {}
         measured = _run(ESTIMATORS.create("measured", **common, **opts), task, "measured", args.model)
         if save_dir is not None:
-            measured.save(save_dir / f"{args.model}.measured.json", force=args.force)
+            outputs.append((saved[0], dumps(measured.to_json()), "--save-profiles"))
     profiles = {}
     for n in names:
         profiles[n] = _run(ESTIMATORS.create(n, **common), task, n, args.model)
         if save_dir is not None:
-            profiles[n].save(save_dir / f"{args.model}.{n}.json", force=args.force)
+            outputs.append((save_dir / f"{args.model}.{n}.json", dumps(profiles[n].to_json()), "--save-profiles"))
     rows = card_rows(profiles, measured)
     title = f"{args.model}, {args.granularity}, {args.samples} samples"
-    atomic_write(args.out, dumps({"schema": "bitalloc.report.scorecard/1", "model": args.model, "granularity":
-                                  args.granularity, "samples": args.samples, "seq_len": args.seq_len,
-                                  "seed": args.seed, "rows": rows}), args.force)
-    if args.plot:
-        plot(rows, profiles, measured, title, args.plot)
+    outputs.insert(0, (args.out, dumps({"schema": "bitalloc.report.scorecard/1", "model": args.model, "granularity":
+                                        args.granularity, "samples": args.samples, "seq_len": args.seq_len,
+                                        "seed": args.seed, "rows": rows}), "--out"))
+    if args.plot is not None:
+        outputs.insert(1, (args.plot, plot(rows, profiles, measured, title, None), "--plot"))
+    publish_all(outputs, args.force)
     print(markdown(rows, title))
     return 0
 

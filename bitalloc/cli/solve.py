@@ -44,7 +44,12 @@ def _budgets(text: str) -> list[float]:
         except ValueError:
             raise bad("--budget", text, "must be a number or comma-separated numbers of bits per weight, e.g. 3.25 or 2.5,3,4") from None
         out.append(v)
+    if len(out) > MAX_BUDGETS:
+        raise bad("--budget", f"{len(out)} budgets", f"at most {MAX_BUDGETS} in one run")
     return out
+
+
+MAX_BUDGETS = 1000
 
 
 def run(args) -> int:
@@ -64,6 +69,12 @@ def run(args) -> int:
     if args.solver is None:
         args.solver = "ilp" if args.backend is not None else "auto"
     SOLVERS.get(args.solver)
+    if args.solver == "optuna":
+        from bitalloc.extras import require
+
+        require("optuna", why="--solver optuna")
+    outs = _out_paths(args.out, budgets, args.force) if args.out is not None else []
+    constraints = constraints_from_args(args)
     opts = {}
     if args.time_limit is not None:
         opts["time_limit"] = args.time_limit
@@ -77,7 +88,6 @@ def run(args) -> int:
         raise bad("--backend", args.backend, f"only applies to --solver ilp, not {args.solver}")
     opts.update(_optuna.options(args, "avg_bits_with_overhead" if args.count_overhead else "avg_bits"))
     solver = get_solver(args.solver, **opts)
-    outs = _out_paths(args.out, budgets, args.force) if args.out else []
 
     profile = load_profile(args.profile)
     kw = dict(problem_options(args, profile), objective=args.objective or ("max" if args.solver == "dmmv" else "sum"))
@@ -114,8 +124,10 @@ def run(args) -> int:
         if not a.ok:
             shown = ", ".join(f"{r} <= {v:g}" for r, v in a.budgets.items())
             raise BitallocError(f"budget {shown}: no allocation found within --time-limit {args.time_limit}")
-    for a, path in zip(allocs, outs):
-        a.save(path, force=args.force)
+    if outs:
+        from bitalloc.fileio import publish_all
+
+        publish_all([(path, dumps(a.to_json()), "--out") for a, path in zip(allocs, outs)], args.force)
     if args.json:
         docs = [a.to_json() for a in allocs]
         sys.stdout.write(dumps(docs[0] if len(docs) == 1 else docs))
@@ -166,6 +178,8 @@ def _run_stream(args, budgets) -> int:
 def _out_paths(out: str, budgets: list[float], force: bool) -> list[Path]:
     from bitalloc.fileio import check_writable
 
+    if out == "":
+        check_writable(out, force)
     if len(budgets) == 1:
         paths = [Path(out)]
     elif "{budget}" in out:
@@ -173,6 +187,8 @@ def _out_paths(out: str, budgets: list[float], force: bool) -> list[Path]:
     else:
         p = Path(out)
         paths = [p.with_name(f"{p.stem}.b{b:g}{p.suffix}") for b in budgets]
+    if len(set(paths)) < len(paths):
+        raise bad("--budget", ",".join(f"{b:g}" for b in budgets), "each budget once (two would write the same --out)")
     for path in paths:
         check_writable(path, force)
     return paths

@@ -22,8 +22,9 @@ def run(args) -> int:
     from bitalloc.allocation import Allocation
     from bitalloc.errors import bad
     from bitalloc.fileio import atomic_write, check_writable, dumps
-    from bitalloc.zoo.demo import load_task
+    from bitalloc.extras import require_model
     from bitalloc.quant.pack import read
+    from bitalloc.zoo.demo import load_task
     from bitalloc.verify.budgets import verify
 
     kw = check_quant_args(args)
@@ -33,16 +34,34 @@ def run(args) -> int:
         raise bad("--seeds", args.seeds, "must be at least 1")
     if args.held_out is not None and args.held_out < 1:
         raise bad("--held-out", args.held_out, "must be at least 1")
-    alloc = Allocation.load(args.allocation) if args.allocation else None
-    if args.packed:
-        read(args.packed)  # a damaged file fails here, before the model loads
-    out = Path(args.out) if args.out else Path(args.allocation or args.packed).with_suffix(".verify.json")
+    require_model(args.model)
+    out = args.out if args.out is not None else str(Path(args.allocation or args.packed).with_suffix(".verify.json"))
     check_writable(out, args.force)
+    pk = read(args.packed) if args.packed else None  # a damaged file fails here, before the model loads
+    g = int(pk.settings["group_size"]) if pk is not None else args.group_size
+    if args.allocation:
+        alloc = precheck_names(args, Allocation.load(args.allocation), g)
+    else:
+        alloc = None
+        precheck_names(args, Allocation.from_json(pk.allocation, where=f"packed file {args.packed!r}"), g)
     print(f"loading {args.model} ...", file=sys.stderr)
     task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed, held_out=args.held_out)
     report = verify(task, alloc, args.packed, args.quantizer, baselines=args.baselines, seeds=args.seeds,
                     progress=lambda s: print(f"  evaluating {s} ...", file=sys.stderr), **kw)
-    atomic_write(out, dumps(report.to_json()), force=True)
+    atomic_write(out, dumps(report.to_json()), force=args.force)
     print(report.tables())
     print(f"wrote {out}")
     return 0 if report.ok else 1
+
+
+def precheck_names(args, alloc, group_size: int):
+    """The allocation's units against the model's modules (and --allow-partial), before the load."""
+    from bitalloc.models.check import check_allocation, fill_partial
+    from bitalloc.zoo.demo import module_shapes
+
+    shapes = module_shapes(args.model)
+    where = f"--allocation {args.allocation!r}" if args.allocation else f"packed file {args.packed!r}"
+    check_allocation(alloc, list(shapes), group_size, where)
+    if args.allow_partial is not None:
+        alloc = fill_partial(alloc, shapes, group_size, args.allow_partial)
+    return alloc

@@ -33,13 +33,16 @@ class Exporter(ABC):
 
 
 class TextExporter(Exporter):
-    """A format small enough to build in memory: subclasses implement `render`."""
+    """A format small enough to build in memory: subclasses implement `render`. any_units: the
+    format takes group/channel units (`layer:gN`, `layer:cN`) too, not only whole layers."""
+
+    any_units = False
 
     def write(self, allocation, out, force: bool = False) -> ExportResult:
         from bitalloc.fileio import atomic_write, check_writable
 
         check_writable(out, force)
-        bits = layer_bits(allocation, what=f"{self.name} export")
+        bits = layer_bits(allocation, what=f"{self.name} export", units=self.any_units)
         data, notes, summary = self.render(bits)
         path = atomic_write(out, data, force)
         return ExportResult(Path(path), self.name, len(bits), tuple(notes), summary)
@@ -49,7 +52,7 @@ class TextExporter(Exporter):
         """(file contents, notes, summary) for unit name → bits."""
 
 
-def layer_bits(allocation, accept: tuple[str, ...] = (), what: str = "export formats") -> dict[str, int]:
+def layer_bits(allocation, accept: tuple[str, ...] = (), what: str = "export formats", units: bool = False) -> dict[str, int]:
     """unit name → bits from an Allocation, a path to one, or a dict; refuses group/channel units
     (these formats take one bit-width per module), an empty allocation, and number formats other
     than integers, fp16 and `accept` (what the target can express; `what` names the target)."""
@@ -73,7 +76,7 @@ def layer_bits(allocation, accept: tuple[str, ...] = (), what: str = "export for
     if not bits:
         raise BitallocError("allocation: no units to export")
     for name, b in bits.items():
-        if ":" in name:
+        if ":" in name and not units:
             raise bad("allocation unit", name, "is a group/channel unit; export formats take one bit-width per module "
                       "(solve a layer-granularity profile)")
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 32:

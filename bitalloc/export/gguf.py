@@ -7,13 +7,12 @@ dequantized with `gguf` and encoded in the type ggml_types.choose gives (K-quant
 Q4_0/Q5_0/Q8_0 by `gguf.quants`, MXFP4 by mxfp4.py, F16/F32 by numpy; a target type equal to the
 source type is copied unchanged). Units of the `mxfp4` number format become GGML MXFP4 tensors;
 other non-integer formats (fp4_e2m1, nvfp4, fp8, MX FP6/FP8) are refused in one line: GGUF has
-no type with their scales (GGML's NVFP4 has no per-tensor FP32 scale and gguf-py cannot encode it). The file is written to a temp file in the target folder and renamed.
+no type with their scales (GGML's NVFP4 has no per-tensor FP32 scale and gguf-py cannot encode it). The file is written to a temp file in the target folder and published
+(bitalloc.fileio.publishing).
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,37 +77,31 @@ class GgufExport(Exporter):
             raise BitallocError(f"GGUF {str(src)!r}: cannot be read ({type(e).__name__}: {e})") from None
         target, notes = self.plan(bits, reader, allocation_formats(allocation))
         arch = reader.fields["general.architecture"].contents()
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
-        try:
-            writer = GGUFWriter(tmp, arch)
-            _copy_metadata(reader, writer)
-            writer.add_string("bitalloc.allocation", json.dumps(bits, separators=(",", ":")))
-            shapes = [_encoded_shape(t, target.get(t.name)) for t in reader.tensors]
-            for t, (shape, dtype, nbytes, raw) in zip(reader.tensors, shapes):
-                writer.add_tensor_info(t.name, shape, dtype, nbytes, raw_dtype=raw)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            counts, qbytes, qparams = {}, 0, 0
-            for i, t in enumerate(reader.tensors):
-                data = _encode(t, target[t.name]) if t.name in target else t.data
-                writer.write_tensor_data(np.ascontiguousarray(data))
-                if t.name in target:
-                    counts[target[t.name]] = counts.get(target[t.name], 0) + 1
-                    qbytes += data.nbytes
-                    qparams += int(t.n_elements)
-                if self.progress:
-                    self.progress(i + 1, len(reader.tensors))
-            for f in writer.fout or ():
-                f.flush()
-                os.fsync(f.fileno())
-            writer.close()
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from bitalloc.fileio import publishing
+
+        with publishing(out, force) as tmp:
+            writer = GGUFWriter(str(tmp), arch)
+            try:
+                _copy_metadata(reader, writer)
+                writer.add_string("bitalloc.allocation", json.dumps(bits, separators=(",", ":")))
+                shapes = [_encoded_shape(t, target.get(t.name)) for t in reader.tensors]
+                for t, (shape, dtype, nbytes, raw) in zip(reader.tensors, shapes):
+                    writer.add_tensor_info(t.name, shape, dtype, nbytes, raw_dtype=raw)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+                counts, qbytes, qparams = {}, 0, 0
+                for i, t in enumerate(reader.tensors):
+                    data = _encode(t, target[t.name]) if t.name in target else t.data
+                    writer.write_tensor_data(np.ascontiguousarray(data))
+                    if t.name in target:
+                        counts[target[t.name]] = counts.get(target[t.name], 0) + 1
+                        qbytes += data.nbytes
+                        qparams += int(t.n_elements)
+                    if self.progress:
+                        self.progress(i + 1, len(reader.tensors))
+            finally:
+                writer.close()
         unit_bits = {g: bits[n] for n, g in gguf_names(bits, "gguf").items()}
         nominal = sum(unit_bits[t.name] * int(t.n_elements) for t in reader.tensors if t.name in unit_bits)
         summary = {"source": str(src), "types": dict(sorted(counts.items())), "bytes": out.stat().st_size,

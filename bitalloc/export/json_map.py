@@ -9,7 +9,10 @@ from bitalloc.export.names import check_model
 
 @register("json")
 class JsonMap(TextExporter):
-    """model: optional model name (smollm2, minilm, digits-cnn) whose modules the names must be."""
+    """model: optional model name (smollm2, minilm, digits-cnn) whose modules the names must be.
+    Any units: whole layers, `layer:gN` groups and `layer:cN` channels."""
+
+    any_units = True
 
     def __init__(self, model: str | None = None):
         self.model = model

@@ -63,11 +63,7 @@ def model_modules(model: str) -> set[str]:
     cat = _catalog()
     if model not in cat.MODELS:
         raise bad("--model", model, f"allowed: {', '.join(cat.MODELS)}")
-    if model == "smollm2":
-        from gguf import GGUFReader
-
-        return {n for t in GGUFReader(str(cat.smollm2_gguf())).tensors if (n := hf_name(t.name))}
-    return set(cat.load_task(model, samples=1).layers)
+    return set(cat.module_shapes(model))  # read from the GGUF / safetensors header: no weights loaded
 
 
 def check_model(bits: dict[str, int], model: str | None) -> None:
@@ -75,7 +71,7 @@ def check_model(bits: dict[str, int], model: str | None) -> None:
     if model is None:
         return
     known = model_modules(model)
-    unknown = [n for n in bits if n not in known]
+    unknown = [n for n in bits if n.split(":")[0] not in known]
     if unknown:
         raise bad("allocation unit", unknown[0], f"is not a module of model {model!r} ({len(unknown)} of {len(bits)} "
                   "units unknown): allocation for another model?")

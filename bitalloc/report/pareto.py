@@ -36,6 +36,8 @@ def budget_range(text: str) -> list[float]:
         return [round(start + i * step, 10) for i in range(n)]
     if not out or not all(map(math.isfinite, out)):
         raise bad("--budgets", text, f"is empty: {allowed}")
+    if len(out) > MAX_BUDGETS:
+        raise bad("--budgets", f"{len(out)} budgets", f"at most {MAX_BUDGETS}")
     return out
 
 

@@ -22,12 +22,15 @@ def pyplot():
     return plt
 
 
-def save_png(fig, path, force: bool = True, dpi: int = 120) -> None:
+def save_png(fig, path, force: bool = True, dpi: int = 120, flag: str = "--plot") -> bytes:
+    """Render `fig` as PNG; written atomically to `path` unless it is None. Returns the bytes."""
     plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    atomic_write(path, buf.getvalue(), force)
+    if path is not None:
+        atomic_write(path, buf.getvalue(), force, flag)
+    return buf.getvalue()
 
 
 def _bit_colors(bits: list[int]):
@@ -39,7 +42,7 @@ def _bit_colors(bits: list[int]):
 
 # ---- Pareto front -------------------------------------------------------------------------------
 def front_plot(front: list[dict], uniform: list[dict], bits: list[int], title: str, path, force: bool = True,
-               ylabel: str = "expected loss increase (sum of unit scores)") -> None:
+               ylabel: str = "expected loss increase (sum of unit scores)") -> bytes:
     """Left: expected loss increase (log) against average bits per weight, the exact front as a
     line and uniform allocations as squares. Right: share of the weights at each bit-width along
     the front. front rows: avg_bits, objective, share {bits: fraction of weights}; uniform rows:
@@ -78,7 +81,7 @@ def front_plot(front: list[dict], uniform: list[dict], bits: list[int], title: s
     ax2.set_title("bit-widths along the front", fontsize=10)
     ax2.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    save_png(fig, path, force)
+    return save_png(fig, path, force)
 
 
 # ---- bit map of one allocation ------------------------------------------------------------------
@@ -118,7 +121,7 @@ def grid(values: dict[str, float]):
 
 
 def bits_plot(bits: dict[str, int], title: str, path, weights: dict[str, float] | None = None,
-              force: bool = True) -> None:
+              force: bool = True) -> bytes:
     """Heat map (module type × block) when names have numbered blocks, else bars per layer; with
     `weights` (params per unit) a second panel shows the average bits per weight of each block."""
     plt = pyplot()
@@ -136,8 +139,7 @@ def bits_plot(bits: dict[str, int], title: str, path, weights: dict[str, float] 
     else:
         cmap, norm = plt.get_cmap("viridis"), None
     if g is None:
-        _bars(plt, per_layer, colors, cmap, norm, title, path, force)
-        return
+        return _bars(plt, per_layer, colors, cmap, norm, title, path, force)
     blocks, mods, a = g
     short = [m.replace("self_attn.", "attn.").replace("_proj", "") for m in mods]
     with_avg = weights is not None
@@ -184,10 +186,10 @@ def bits_plot(bits: dict[str, int], title: str, path, weights: dict[str, float] 
         ax2.set_xlabel("block (weighted by parameters)")
         ax2.legend(fontsize=8, loc="upper left")
         ax2.grid(True, axis="y", alpha=0.3)
-    save_png(fig, path, force)
+    return save_png(fig, path, force)
 
 
-def _bars(plt, per_layer: dict[str, float], colors, cmap, norm, title, path, force) -> None:
+def _bars(plt, per_layer: dict[str, float], colors, cmap, norm, title, path, force) -> bytes:
     names = list(per_layer)
     v = np.array([per_layer[n] for n in names])
     fig, ax = plt.subplots(figsize=(min(max(6.0, 0.22 * len(names) + 2), 24.0), 4.0))
@@ -207,4 +209,4 @@ def _bars(plt, per_layer: dict[str, float], colors, cmap, norm, title, path, for
                   loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    save_png(fig, path, force)
+    return save_png(fig, path, force)

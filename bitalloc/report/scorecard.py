@@ -7,7 +7,9 @@ Two views, both over the units and candidates that the measured profile holds:
 - `spearman_cells` / `kendall_cells`: over all (unit, candidate) cells together.
 - `spearman_within` (group/channel granularity): the rank correlation across the units of one
   layer at one bit-width, averaged over layers and bit-widths: what an allocator needs inside a
-  layer, where the layer's own scale no longer helps (nan at layer granularity).
+  layer, where the layer's own scale no longer helps.
+A correlation that is undefined (constant ranks on one side, fewer than 3 units, a single unit
+per layer at layer granularity) is None: null in the JSON, `n/a` in the table, never NaN.
 """
 from __future__ import annotations
 
@@ -41,12 +43,30 @@ def rank_agreement(profile: Profile, measured: Profile) -> dict:
             sel = ok[:, j] & in_layer
             if sel.sum() >= 3 and np.ptp(m[sel, j]) > 0 and np.ptp(a[sel, j]) > 0:
                 within.append(spearmanr(a[sel, j], m[sel, j])[0])
-    return {"spearman_units": float(np.mean(per_s)) if per_s else float("nan"),
-            "spearman_within": float(np.mean(within)) if within else float("nan"),
-            "kendall_units": float(np.mean(per_k)) if per_k else float("nan"),
-            "spearman_cells": float(spearmanr(a[ok], m[ok])[0]),
-            "kendall_cells": float(kendalltau(a[ok], m[ok])[0]),
+    cells = ok.sum() >= 3 and np.ptp(a[ok]) > 0 and np.ptp(m[ok]) > 0
+    return {"spearman_units": _mean(per_s), "spearman_within": _mean(within), "kendall_units": _mean(per_k),
+            "spearman_cells": _num(spearmanr(a[ok], m[ok])[0]) if cells else None,
+            "kendall_cells": _num(kendalltau(a[ok], m[ok])[0]) if cells else None,
             "units": len(rows), "candidates": len(cols)}
+
+
+def _num(x) -> float | None:
+    """A finite float, or None (an undefined correlation)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _mean(values: list) -> float | None:
+    return _num(np.mean(values)) if values else None
+
+
+def _f(x) -> float:
+    """None → nan, for plotting and comparisons."""
+    return np.nan if x is None else float(x)
+
+
+def _cell(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
 def card_rows(profiles: dict[str, Profile], measured: Profile) -> list[dict]:
@@ -56,28 +76,28 @@ def card_rows(profiles: dict[str, Profile], measured: Profile) -> list[dict]:
         rows.append({"estimator": name, **rank_agreement(p, measured),
                      "seconds": p.meta.get("seconds"), "passes": p.meta.get("passes")})
     rows.append({"estimator": "measured", "spearman_units": 1.0, "kendall_units": 1.0, "spearman_cells": 1.0,
-                 "spearman_within": 1.0 if len(set(measured.layers)) < measured.n_units else float("nan"),
+                 "spearman_within": 1.0 if len(set(measured.layers)) < measured.n_units else None,
                  "kendall_cells": 1.0, "units": measured.n_units, "candidates": len(measured.bits),
                  "seconds": measured.meta.get("seconds"), "passes": measured.meta.get("passes")})
     return rows
 
 
 def markdown(rows: list[dict], title: str) -> str:
-    within = any(np.isfinite(r.get("spearman_within", np.nan)) for r in rows)
+    within = any(np.isfinite(_f(r.get("spearman_within"))) for r in rows)
     head = ("| estimator | Spearman (units, per bit) | Kendall (units, per bit) | Spearman (all cells) "
             "| Kendall (all cells) |" + (" Spearman (within layer) |" if within else "") + " seconds | passes |\n"
             "|---|---:|---:|---:|---:|" + ("---:|" if within else "") + "---:|---|")
     lines = [f"**{title}**", "", head]
     for r in rows:
-        w = f" {r.get('spearman_within', float('nan')):.3f} |" if within else ""
-        lines.append(f"| {r['estimator']} | {r['spearman_units']:.3f} | {r['kendall_units']:.3f} | "
-                     f"{r['spearman_cells']:.3f} | {r['kendall_cells']:.3f} |{w} {r['seconds'] or 0:.1f} | {r['passes']} |")
+        w = f" {_cell(r.get('spearman_within'))} |" if within else ""
+        lines.append(f"| {r['estimator']} | {_cell(r['spearman_units'])} | {_cell(r['kendall_units'])} | "
+                     f"{_cell(r['spearman_cells'])} | {_cell(r['kendall_cells'])} |{w} {r['seconds'] or 0:.1f} | {r['passes']} |")
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], profiles: dict[str, Profile], measured: Profile, title: str, path) -> None:
+def plot(rows: list[dict], profiles: dict[str, Profile], measured: Profile, title: str, path=None):
     """Left: rank correlations per estimator; right: the best estimator's scores against the
-    measured loss increase (log-log), one colour per bit-width."""
+    measured loss increase (log-log), one colour per bit-width. path None: the PNG bytes."""
     from bitalloc.report.plots import pyplot, save_png
 
     plt = pyplot()
@@ -85,19 +105,19 @@ def plot(rows: list[dict], profiles: dict[str, Profile], measured: Profile, titl
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     x = np.arange(len(est))
     bars = [("spearman_units", "Spearman (across units, per bit)"), ("kendall_units", "Kendall (across units, per bit)")]
-    if any(np.isfinite(r.get("spearman_within", np.nan)) for r in est):
+    if any(np.isfinite(_f(r.get("spearman_within"))) for r in est):
         bars.append(("spearman_within", "Spearman (within layer, per bit)"))
     w = 0.8 / len(bars)
     for j, (key, label) in enumerate(bars):
-        ax1.bar(x + (j - (len(bars) - 1) / 2) * w, [r.get(key, np.nan) for r in est], w, label=label)
+        ax1.bar(x + (j - (len(bars) - 1) / 2) * w, [_f(r.get(key)) for r in est], w, label=label)
     ax1.set_xticks(x, [r["estimator"] for r in est], rotation=20)
-    low = min([0.0] + [r[k] for r in est for k, _ in bars if np.isfinite(r.get(k, np.nan))])
+    low = min([0.0] + [_f(r.get(k)) for r in est for k, _ in bars if np.isfinite(_f(r.get(k)))])
     ax1.set_ylim(low - 0.05, 1.0)
     ax1.axhline(0, color="k", lw=0.5)
     ax1.set_ylabel("rank correlation with measured loss increase")
     ax1.legend(fontsize=8, loc="lower right")
     ax1.set_title(title)
-    best = max(est, key=lambda r: r["spearman_units"])
+    best = max(est, key=lambda r: np.nan_to_num(_f(r["spearman_units"]), nan=-np.inf))
     p = profiles[best["estimator"]]
     idx = p.index()
     for k, b in enumerate(measured.bits):
@@ -111,7 +131,7 @@ def plot(rows: list[dict], profiles: dict[str, Profile], measured: Profile, titl
     ax2.set_yscale("log")
     ax2.set_xlabel(f"{best['estimator']} score")
     ax2.set_ylabel("measured loss increase")
-    ax2.set_title(f"best: {best['estimator']} (Spearman {best['spearman_units']:.2f})")
+    ax2.set_title(f"best: {best['estimator']} (Spearman {_cell(best['spearman_units'])})")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path)
+    return save_png(fig, path)

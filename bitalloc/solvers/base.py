@@ -200,5 +200,12 @@ def _allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall
                    for c, t in zip(problem.constraints, comp.totals(res.choice))})
     return Allocation(bits, status, solver, objective=objective, bound=bound, gap=gap,
                       avg_bits=totals["avg_bits"], avg_bits_with_overhead=totals["avg_bits_with_overhead"],
-                      totals=totals, budgets=budgets, formats=formats, wall_s=wall, meta=res.info,
+                      totals=totals, budgets=budgets, formats=formats, wall_s=wall, meta={**res.info, **storage_of(p)},
                       min_budgets={c.cost.resource: float(m / c.cost.scale(p)) for c, m in zip(problem.constraints, mins)})
+
+
+def storage_of(profile) -> dict:
+    """{"storage": the quantizer settings the profile was estimated with (group_size, symmetric,
+    zero: those its meta names)}, kept in the allocation so `verify` can hold a packed file to them."""
+    st = {k: profile.meta[k] for k in ("group_size", "symmetric", "zero") if profile.meta.get(k) is not None}
+    return {"storage": st} if st else {}

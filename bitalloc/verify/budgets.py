@@ -80,18 +80,24 @@ def cost_model_for(resource: str):
     return None
 
 
-def check_budgets(packed, model=None, allocation: Allocation | None = None, constraints=(), task=None) -> BudgetReport:
+def check_budgets(packed, model=None, allocation: Allocation | None = None, constraints=(), task=None,
+                  expected: dict | None = None) -> BudgetReport:
     """Recompute every budget from `packed` (a pack.PackedModel) and, when given, `model`'s
     weights (see the module docstring). allocation: the budgets to hold (default: the one stored
     in the packed file); constraints: extra bitalloc.Constraint objects to check; task: the
-    model's Task, to record its layer graph when a budget is a peak SRAM."""
+    model's Task, to record its layer graph when a budget is a peak SRAM; expected: the
+    quantizer settings the file must have been written with ({group_size, symmetric, zero}, any
+    subset; default: the allocation's meta["storage"], i.e. its profile's)."""
     from bitalloc.quant.codec import decode_unit
+
     from bitalloc.hwcost.memory import MemoryCost
 
     settings = packed.settings
     g = int(settings["group_size"])
     alloc = allocation or Allocation.from_json(packed.allocation, where="packed allocation")
-    failures: list[str] = []
+    failures: list[str] = settings_failures(settings, {**alloc.meta.get("storage", {}), **(expected or {})})
+    failures += stray_tensors(packed)
+    filled = set(alloc.meta.get("filled_units", ()))
     weights = _model_weights(model, {c.record["layer"] for c in packed.codes}) if model is not None else {}
     rows = []
     for c in packed.codes:
@@ -101,6 +107,9 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
             failures.append(f"unit {name}: in the packed file but not in the allocation")
         elif alloc.bits[name] != b:
             failures.append(f"unit {name}: packed at {b} bits, the allocation says {alloc.bits[name]}")
+        want_fmt = (alloc.formats or {}).get(name)
+        if want_fmt is not None and r.get("format") != want_fmt:
+            failures.append(f"unit {name}: packed as {r.get('format')}, the allocation says {want_fmt}")
         decoded = decode_unit(c, settings)
         block = _block(weights[r["layer"]], r) if weights else decoded
         if weights and not np.array_equal(block, _as_model_dtype(decoded, model, r["layer"])):
@@ -122,16 +131,30 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
             if levels > 2 ** b:
                 failures.append(f"unit {name}: a block of {gb} columns holds {levels} distinct values > 2^{b} = {2 ** b}")
             failures += storage_failures(r, level_bits + meta_bits, settings)
+            failures += scale_zero_failures(r, packed.tensors, settings)
         rows.append({"name": name, "bits": b, "n_params": n, "level_bits": level_bits, "meta_bits": meta_bits,
-                     "max_levels": levels})
+                     "max_levels": levels, **({"filled": True} if name in filled else {})})
+    held = [u for u in rows if u["name"] not in filled]  # the units the budgets were set for
     n_total = sum(u["n_params"] for u in rows)
-    measured = {"avg_bits": sum(u["level_bits"] for u in rows) / n_total,
-                "avg_bits_with_overhead": sum(u["level_bits"] + u["meta_bits"] for u in rows) / n_total}
-    profile, choice = profile_of([c.record for c in packed.codes], g, bool(settings.get("symmetric")))
+    n_held = sum(u["n_params"] for u in held) or 1
+    measured = {"avg_bits": sum(u["level_bits"] for u in held) / n_held,
+                "avg_bits_with_overhead": sum(u["level_bits"] + u["meta_bits"] for u in held) / n_held}
+    profile, choice = profile_of([c.record for c in packed.codes if c.name not in filled], g,
+                                 bool(settings.get("symmetric"))) if held else profile_of([c.record for c in packed.codes], g)
     totals = {"n_params": n_total, **measured,
-              "file_bits_per_weight": sum(t.nbytes for t in packed.tensors.values()) * 8 / n_total,
+              "file_bits_per_weight": sum(t.nbytes for t in packed.tensors.values()) * 8 / max(n_total, 1),
               "memory_cost_avg_bits": MemoryCost().total(profile, choice),
               "memory_cost_avg_bits_with_overhead": MemoryCost(count_overhead=True, group_size=g).total(profile, choice)}
+    if filled:
+        totals.update(filled_units=len(filled), filled_bits=alloc.meta.get("filled_bits"),
+                      n_params_allocated=sum(u["n_params"] for u in held),
+                      model_avg_bits=sum(u["level_bits"] for u in rows) / max(n_total, 1))
+    stated = alloc.avg_bits_with_overhead
+    if stated is not None and not fits(measured["avg_bits_with_overhead"], stated):
+        failures.append(f"avg_bits_with_overhead {measured['avg_bits_with_overhead']:.4f} counted from the bytes stored "
+                        f"> {stated:.4f} that the allocation was solved for (file: group size {g}, "
+                        f"{'symmetric' if settings.get('symmetric') else settings.get('zero', 'int') + ' zero-point'}, "
+                        f"{_scale_dtypes(packed)} scales)")
     if task is not None and any(c.get("cost", {}).get("options", {}).get("metric") == "sram" for c in alloc.constraints):
         from bitalloc.hwcost.graph import attach_graph
 
@@ -143,10 +166,10 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
                         "ok": fits(total, con.budget), "source": f"cost model {con.cost.name}"})
     for bud in budgets:
         if not bud["ok"]:
-            top = sorted(rows, key=lambda u: -u["bits"] * u["n_params"])[:3]
+            top = sorted(held, key=lambda u: -u["bits"] * u["n_params"])[:3]
             shown = ", ".join(f"{u['name']} {u['bits']} bits x {u['n_params']:,}" for u in top)
             failures.append(f"budget {bud['resource']}: {bud['total']:.6g} > {bud['budget']:.6g} "
-                            f"(from the {bud['source']}, {n_total:,} weights; largest units: {shown})")
+                            f"(from the {bud['source']}, {n_held:,} weights; largest units: {shown})")
     return BudgetReport(rows, totals, budgets, failures)
 
 
@@ -204,6 +227,65 @@ def recheck_budgets(alloc: Allocation, profile, choice: np.ndarray, measured: di
         out.append({"resource": resource, "total": total, "budget": cap, "ok": fits(total, cap), "source": source,
                     "solve_total": solve_total, "spec": spec})
     return out
+
+
+SETTINGS_KEYS = ("group_size", "symmetric", "zero")
+
+
+def settings_failures(settings: dict, expected: dict) -> list[str]:
+    """A failure for each quantizer setting of the file that differs from `expected` (the
+    allocation's profile, or what the command asked for)."""
+    out = []
+    for key in SETTINGS_KEYS:
+        if key in expected and expected[key] is not None and settings.get(key) != expected[key]:
+            out.append(f"quantizer {key}: the file has {settings.get(key)!r}, the allocation's profile "
+                       f"was estimated with {expected[key]!r}")
+    return out
+
+
+def stray_tensors(packed) -> list[str]:
+    """A failure for each stored tensor that belongs to no unit (bytes the budgets would not count)."""
+    own = {f"{c.name}.{p}" for c in packed.codes for p in ("q", "weight", *META_PARTS)}
+    stray = sorted(set(packed.tensors) - own)
+    if not stray:
+        return []
+    extra = sum(packed.tensors[k].nbytes for k in stray)
+    return [f"{len(stray)} tensor(s) of no unit, {extra:,} bytes: {', '.join(stray[:3])}"]
+
+
+def scale_zero_failures(record: dict, tensors: dict, settings: dict) -> list[str]:
+    """For an integer unit: its scales must be float16 (rows, groups of `group_size` columns) and
+    its zero-points absent (symmetric), packed at the unit's bits (int) or float16 (float)."""
+    from bitalloc.quant.pack import SCALE_DTYPE, is_block_float
+
+    if is_block_float(record.get("format")):
+        return []
+    name, b = record["name"], int(record["bits"])
+    rows, cols = (int(x) for x in record["shape"])
+    g = int(settings["group_size"])
+    groups = (rows, -(-cols // min(g, cols)))
+    out = []
+    s = tensors.get(f"{name}.scale")
+    if s is not None and (s.dtype != SCALE_DTYPE or s.shape != groups):
+        out.append(f"unit {name}: scales stored as {s.dtype} {tuple(s.shape)}, expected float16 {groups} "
+                   f"(groups of {g} input columns)")
+    z = tensors.get(f"{name}.zero")
+    if settings.get("symmetric"):
+        if z is not None:
+            out.append(f"unit {name}: zero-points stored ({z.nbytes:,} bytes) for a symmetric quantizer")
+    elif z is not None:
+        if settings.get("zero") == "int":
+            want = -(-groups[0] * groups[1] * b // 8)
+            if z.dtype != np.uint8 or z.ndim != 1 or z.size != want:
+                out.append(f"unit {name}: int zero-points stored as {z.dtype} {tuple(z.shape)}, expected {want} "
+                           f"uint8 bytes ({b} bits x {groups[0] * groups[1]} groups)")
+        elif z.dtype != SCALE_DTYPE or z.shape != groups:
+            out.append(f"unit {name}: float zero-points stored as {z.dtype} {tuple(z.shape)}, expected float16 {groups}")
+    return out
+
+
+def _scale_dtypes(packed) -> str:
+    return "/".join(sorted({str(t.dtype) for k, t in packed.tensors.items() if k.endswith(".scale")})) or "no"
 
 
 META_PARTS = ("scale", "zero", "tscale")  # a unit's tensors besides its levels (pack.py)

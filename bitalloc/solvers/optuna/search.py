@@ -50,6 +50,16 @@ SPACES = ("auto", "unit", "shift")
 GREEDY_FROM = 20_000  # rows from which the warm start is the greedy rather than the ILP
 
 
+MAX_TRIALS = 10**6  # trials of one run (a study can be resumed for more)
+
+
+def max_workers() -> int:
+    """Most worker processes one run may start: 4 per CPU core, at most 64."""
+    import os
+
+    return max(1, min(64, 4 * (os.cpu_count() or 1)))
+
+
 @register("optuna")
 class OptunaSolver(Solver):
     objectives = ("sum", "max")
@@ -60,10 +70,15 @@ class OptunaSolver(Solver):
                  warm_start: str = "auto", space: str = "auto", max_params: int = 256,
                  population_size: int = 50, progress: Callable | None = None, time_limit: float | None = None):
         super().__init__(time_limit)
-        for name, v, low in (("n_trials", n_trials, 1), ("workers", workers, 1), ("max_params", max_params, 1),
-                             ("population_size", population_size, 2)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise bad(name, v, f"must be an integer >= {low}")
+        for name, v, low, high in (("n_trials", n_trials, 1, MAX_TRIALS), ("workers", workers, 1, max_workers()),
+                                   ("max_params", max_params, 1, MAX_TRIALS), ("population_size", population_size, 2, MAX_TRIALS)):
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+                raise bad(name, v, f"must be an integer from {low} to {high}"
+                          + (" (4 worker processes per CPU core, at most 64)" if name == "workers" else ""))
+        if workers > n_trials:
+            raise bad("workers", workers, f"must be at most the number of trials ({n_trials}): a worker needs a trial")
+        if seed is not None and not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= 2**32 - 1 - workers:
+            raise bad("seed", seed, f"must be from 0 to {2**32 - 1 - workers} (worker i uses seed + i)")
         for name, v, allowed in (("sampler", sampler, SAMPLERS), ("warm_start", warm_start, WARM_STARTS),
                                  ("space", space, SPACES)):
             if v not in allowed:
