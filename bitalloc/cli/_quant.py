@@ -3,7 +3,11 @@ from __future__ import annotations
 
 
 def add_quant_args(p) -> None:
-    p.add_argument("--model", required=True, help="smollm2, minilm or digits-cnn")
+    from bitalloc.cli._common import add_runtime_args
+
+    p.add_argument("--model", required=True, help="smollm2, minilm, digits-cnn, a transformers model folder, "
+                   "a .gguf file, or package.module:function returning a Task")
+    add_runtime_args(p)
     p.add_argument("--allocation", help="allocation JSON (from bitalloc solve)")
     p.add_argument("--quantizer", default="rtn", help="weight quantizer: rtn (default), or another registered one")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="quantizer option")

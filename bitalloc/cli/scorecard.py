@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from bitalloc.errors import bad
-from bitalloc.cli._common import add_model_args, check_model_args, progress_bar
+from bitalloc.cli._common import add_model_args, check_model_args, load_task_from_args, progress_bar
 
 DEFAULT_ESTIMATORS = "weight_error,hessian,fisher,lrp,salience"
 
@@ -25,7 +25,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from bitalloc.fileio import atomic_write, check_writable, dumps
-    from bitalloc.zoo.demo import load_task
     from bitalloc.profile import Profile
     from bitalloc.report.scorecard import card_rows, markdown, plot
     from bitalloc.sensitivity import ESTIMATORS
@@ -45,24 +44,24 @@ def run(args) -> int:
     if save_dir is not None and not save_dir.is_dir():
         raise bad("--save-profiles", str(save_dir), "must be an existing folder")
 
-    print(f"loading {args.model} ...", file=sys.stderr)
-    task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+    task = load_task_from_args(args)
+    name = task.name
     common = dict(bits=bits, granularity=args.granularity, group_size=args.group_size)
     if args.measured:
         measured = Profile.load(args.measured)
     else:
         opts = {"units": args.measured_units} if args.measured_units else {}
-        measured = _run(ESTIMATORS.create("measured", **common, **opts), task, "measured", args.model)
+        measured = _run(ESTIMATORS.create("measured", **common, **opts), task, "measured", name)
         if save_dir is not None:
-            measured.save(save_dir / f"{args.model}.measured.json", force=args.force)
+            measured.save(save_dir / f"{name}.measured.json", force=args.force)
     profiles = {}
     for n in names:
-        profiles[n] = _run(ESTIMATORS.create(n, **common), task, n, args.model)
+        profiles[n] = _run(ESTIMATORS.create(n, **common), task, n, name)
         if save_dir is not None:
-            profiles[n].save(save_dir / f"{args.model}.{n}.json", force=args.force)
+            profiles[n].save(save_dir / f"{name}.{n}.json", force=args.force)
     rows = card_rows(profiles, measured)
-    title = f"{args.model}, {args.granularity}, {args.samples} samples"
-    atomic_write(args.out, dumps({"schema": "bitalloc.report.scorecard/1", "model": args.model, "granularity":
+    title = f"{name}, {args.granularity}, {args.samples} samples"
+    atomic_write(args.out, dumps({"schema": "bitalloc.report.scorecard/1", "model": name, "granularity":
                                   args.granularity, "samples": args.samples, "seq_len": args.seq_len,
                                   "seed": args.seed, "rows": rows}), args.force)
     if args.plot:

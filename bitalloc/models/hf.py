@@ -239,17 +239,23 @@ def load_directory(path, *, name: str | None = None, calib=None, samples: int = 
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = {"causal": AutoModelForCausalLM, "encoder": AutoModel, "classifier": AutoModelForSequenceClassification}[kind]
+    from bitalloc.apply.save import is_quantized_directory, load_weights
+
     kw = dict(local_files_only=True, use_safetensors=True, dtype=dtype)
     if device_map is not None:
         kw["device_map"] = device_map
     try:
-        model = cls.from_pretrained(str(path), **kw)
+        if is_quantized_directory(path):  # written by `bitalloc apply`: config + rest + packed units
+            model = cls.from_config(config, dtype=dtype)
+            load_weights(model, path)
+        else:
+            model = cls.from_pretrained(str(path), **kw)
     except (ValueError, OSError, KeyError) as e:
         raise BitallocError(f"--model {str(path)!r}: {cls.__name__} cannot load it ({str(e).splitlines()[0][:160]})") from None
     info = {"model": name or Path(path).name, "source": str(path), "architecture": config.model_type,
             "kind": kind, "calibration": desc, **(meta or {})}
     return build_task(name or Path(path).name, kind, model, cal, held, device, device_map, samples, seq_len, seed,
-                      include, exclude, info)
+                      include, exclude, info, tok)
 
 
 def gguf_architecture(path) -> str:
@@ -286,10 +292,11 @@ def load_gguf(path, *, name: str | None = None, calib=None, samples: int = 8, se
     info = {"model": name or path.stem, "source": str(path), "architecture": arch, "kind": "causal",
             "calibration": desc, **(meta or {})}
     return build_task(name or path.stem, "causal", model, cal, held, device, device_map, samples, seq_len, seed,
-                      include, exclude, info)
+                      include, exclude, info, tok)
 
 
-def build_task(name, kind, model, cal, held, device, device_map, samples, seq_len, seed, include, exclude, info):
+def build_task(name, kind, model, cal, held, device, device_map, samples, seq_len, seed, include, exclude, info,
+               tokenizer=None):
     """Model on its device in eval mode, batches moved there, loss/quality for its kind, layers found."""
     import torch
 
@@ -323,7 +330,7 @@ def build_task(name, kind, model, cal, held, device, device_map, samples, seq_le
             "device": str(first), "dtype": str(dtype).replace("torch.", "")}
     if unused:
         info["unused_layers"] = unused
-    return Task(name, model, cal, held, layers, loss, quality, macs, probe_loss=probe, meta=info)
+    return Task(name, model, cal, held, layers, loss, quality, macs, probe_loss=probe, meta=info, tokenizer=tokenizer)
 
 
 def _first(batch):

@@ -32,6 +32,7 @@ class Task:
     macs: dict[str, int]
     probe_loss: Callable | None = None
     meta: dict = field(default_factory=dict)
+    tokenizer: Any = field(default=None, repr=False, compare=False)  # saved next to a quantized model
 
     @property
     def device(self):
