@@ -224,8 +224,8 @@ def test_bad_runtime_inputs(tiny_dirs, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 0))
-    rc = main(["apply", "--model", str(tiny_dirs["llama"]), "--allocation", "a.json", "--torch-device", "cuda",
-               "--dtype", "bfloat16", "--out", str(tmp_path / "q")])
+    rc = main(["profile", "--model", str(tiny_dirs["llama"]), "--estimator", "fisher", "--torch-device", "cuda",
+               "--dtype", "bfloat16", "--out", str(tmp_path / "q.json")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "has no bfloat16" in err and len(err.splitlines()) == 1
 

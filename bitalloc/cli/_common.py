@@ -86,9 +86,15 @@ def check_model(args) -> None:
     from bitalloc.models.layers import _regex
     from bitalloc.models.loader import model_source
 
-    model_source(args.model)
+    if model_source(args.model) == "directory":  # the architecture too: transformers' config, no weights
+        from bitalloc.models.hf import load_config, model_kind
+
+        model_kind(load_config(args.model))
     check_device_name(args.torch_device)
     check_dtype_name(args.dtype)
+    from bitalloc.models.device import resolve_device, resolve_dtype
+
+    resolve_dtype(args.dtype, resolve_device(args.torch_device))  # a device or dtype this machine lacks
     _regex("--include", args.include), _regex("--exclude", args.exclude)
     if args.calib is not None and not Path(args.calib).exists():
         raise bad("--calib", args.calib, "no such file or folder")
