@@ -62,6 +62,20 @@ def split_batch(batch) -> list:
     return [take(batch, i) for i in range(n)]
 
 
+class _removed:
+    """Context manager that removes hook handles on exit."""
+
+    def __init__(self, hooks):
+        self.hooks = hooks
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+
 @register("fisher")
 class FisherEstimator(Estimator):
     """Empirical Fisher diagonal sensitivity (see the module docstring).
@@ -92,7 +106,9 @@ class FisherEstimator(Estimator):
 
     def fisher_tensors(self, task, progress=None):
         """`fisher` with F left as float32 torch tensors on each layer's device: the squared
-        gradients accumulate there in float32, and nothing leaves the device per step."""
+        gradients accumulate there in float32, and nothing leaves the device per step. Each
+        weight's gradient is folded into F by a post-accumulate hook during the backward pass and
+        freed at once, so the peak holds the weights, F and one layer's gradient (not all of them)."""
         import torch
 
         from bitalloc.models.layers import as_2d
@@ -103,15 +119,18 @@ class FisherEstimator(Estimator):
         gen = torch.Generator().manual_seed(self.seed)
         F = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         n = 0
-        with grad_only_for(task.model, weights), torch.enable_grad():
+        def fold(p, f):
+            g = p.grad.float()
+            f.addcmul_(g, g)
+            p.grad = None  # memory: one layer's gradient at a time, never the whole set
+
+        hooks = [w.register_post_accumulate_grad_hook(lambda p, f=f: fold(p, f)) for w, f in zip(weights, F)]
+        with grad_only_for(task.model, weights), torch.enable_grad(), _removed(hooks):
             for b, batch in enumerate(task.calib):
                 for sample in (split_batch(batch) if self.per_sample else [batch]):
                     loss = (task.probe_loss(task.model, sample, gen) if task.probe_loss is not None
                             else task.loss(task.model, sample))
-                    grads = torch.autograd.grad(loss, weights)
-                    for f, g in zip(F, grads):
-                        g = g.float()
-                        f.addcmul_(g, g)
+                    loss.backward()  # the hooks fold each gradient into F as soon as it is complete
                     n += 1
                 if progress is not None:
                     progress(f"batch {b + 1}/{len(task.calib)}: {n} backward passes")
