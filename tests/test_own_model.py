@@ -241,3 +241,22 @@ def test_solve_target_and_device_alias(tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 0
         assert ("deprecated" in err) == (flag == "--device")
+
+
+@pytest.mark.slow
+def test_smollm2_folder_matches_builtin(tmp_path):
+    """SmolLM2 saved as a transformers folder gives the same fisher profile as `--model smollm2`."""
+    from scipy.stats import spearmanr
+
+    from bitalloc import load_model, profile
+
+    builtin = load_model("smollm2", samples=2, seq_len=64, device="cpu")
+    builtin.model.save_pretrained(str(tmp_path / "smollm2"))
+    builtin.tokenizer.save_pretrained(str(tmp_path / "smollm2"))
+    a = profile(builtin, estimator="fisher", bits=(3, 4))
+    del builtin
+    folder = load_model(tmp_path / "smollm2", samples=2, seq_len=64, device="cpu")
+    b = profile(folder, estimator="fisher", bits=(3, 4))
+    assert a.names == b.names and len(a.names) == 210
+    rho = spearmanr(a.sensitivity[:, 0], b.sensitivity[:, 0]).statistic
+    assert rho >= 0.99
