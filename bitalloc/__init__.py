@@ -1,6 +1,7 @@
 """bitalloc: choose a bit-width for every layer, group or channel of a network under hardware budgets.
 
-    profile = bitalloc.Profile.load("p.json")            # or bitalloc.profile(model, calib, ...)
+    task = bitalloc.load_model("path/to/model")          # a transformers folder, a .gguf, a built-in name
+    profile = bitalloc.profile(task, estimator="fisher")  # or bitalloc.Profile.load("p.json")
     alloc = bitalloc.solve(profile, budget=3.25)          # `auto`: exact where fast, else bounded gap
     alloc.save("a.json")
     bitalloc.export.export(alloc, "gguf", "q.gguf")     # after `import bitalloc.export`; formats in bitalloc/export/
@@ -16,12 +17,15 @@ from bitalloc.problem import Constraint, Problem, tie_groups
 from bitalloc.profile import Profile
 from bitalloc.units import Unit
 from bitalloc.verify.budgets import verify
+from bitalloc.models.loader import load_model
+from bitalloc.models.task import Task
+from bitalloc.sensitivity import profile_task as profile  # the function shadows the module name, as `apply` does
 from bitalloc.quant.pack import read as load_packed
 
 __version__ = "0.1.0"
 __all__ = ["Allocation", "BitallocError", "Constraint", "Problem", "Profile", "Unit", "solve",
            "solve_budgets", "load_default_profile", "tie_groups", "__version__",
-           "apply", "verify", "load_packed", "QuantizedModel"]
+           "apply", "verify", "load_packed", "QuantizedModel", "load_model", "profile", "Task"]
 
 
 def solve(problem_or_profile, budget: float | None = None, solver=None, **options) -> Allocation:

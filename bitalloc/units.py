@@ -132,20 +132,21 @@ def carve(layers: Iterable[tuple[str, tuple[int, ...], int]], granularity: str =
 
 
 def model_layers(model, filter_fn=None) -> list[tuple[str, tuple[int, ...], int]]:
-    """(name, weight shape, MACs per position) of each Linear/Conv layer of a torch model.
+    """(name, 2-D weight shape (out, in·kh·kw), MACs per position) of each Linear/Conv layer
+    (transformers Conv1D included) of a torch model.
 
     filter_fn(name, module) -> bool picks layers (default: every Linear and Conv). Conv MACs
     are per output position; the caller multiplies by spatial size when it knows it.
     """
-    import torch.nn as nn
+    from bitalloc.weights import is_quantizable, shape2d
 
     out = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        if not is_quantizable(mod):
             continue
         if filter_fn is not None and not filter_fn(name, mod):
             continue
-        shape = tuple(mod.weight.shape)
+        shape = shape2d(mod)
         out.append((name, shape, int(mod.weight.numel())))
     return out
 

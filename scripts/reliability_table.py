@@ -89,7 +89,7 @@ def forge_group_size_1(src: Path, dst: Path) -> None:
     pk = read(src)
     settings = dict(pk.settings, group_size=1, zero="int", symmetric=False)
     tensors, records = {}, []
-    from bitalloc.apply.quantize import decode_unit
+    from bitalloc.quant.codec import decode_unit
 
     for c in pk.codes:
         rows, cols = (int(x) for x in c.record["shape"])
@@ -203,7 +203,7 @@ CASES = [
          ["apply", "--model", "digits-cnn", "--allocation", "da.json", "--out", "f.txt/q.safetensors"], 2,
          "is not a folder", setup=_write("f.txt", "x"), digits=True, input="parent is a file"),
     Case("apply --out a folder --force", ["apply", "--model", "digits-cnn", "--allocation", "da.json", "--out", "dir",
-                                          "--force"], 2, "is a folder, not a file", setup=_mkdir("dir"), digits=True,
+                                          "--force"], 2, "write FILE.safetensors", setup=_mkdir("dir"), digits=True,
          input="--out names a folder"),
     Case("apply: over-budget allocation", ["apply", "--model", "digits-cnn", "--allocation", "over.json", "--out",
                                            "q.safetensors"], 2, "breaks its own budget",

@@ -168,7 +168,7 @@ def test_gguf_type_map_keeps_source_bytes(source, tmp_path):
 
 @pytest.mark.parametrize("bits, match", [
     ({"model.layers.5.self_attn.q_proj": 4}, "allocation for another model"),
-    ({"encoder.layer.0.attention.self.query": 4}, "no GGUF tensor name"),
+    ({"encoder.layer.0.attention.self.bogus": 4}, "no GGUF tensor name"),
     ({"model.layers.0.self_attn.q_proj": 7}, "GGUF export takes"),
     ({"model.layers.0.self_attn.q_proj:g3": 4}, "group/channel unit"),
 ])

@@ -281,11 +281,11 @@ def test_device_profile_json_form(tmp_path):
     (["--constraint", "latency_ms<3"], r"--constraint 'latency_ms<3': must be RESOURCE<=NUMBER"),
     (["--constraint", "latency_min<=3"], r"resource 'latency_min': allowed .*latency_ms.*sram_kb"),
     (["--constraint", "flash_kb<=-1"], r"flash_kb budget '-1': must be a finite number >= 0"),
-    (["--constraint", "sram_kb<=64"], r"--device None: resource sram_kb needs a target device; allowed: .*cortex-m7"),
-    (["--constraint", "sram_kb<=64", "--device", "m99"], r"device 'm99': allowed: .*cortex-m4"),
-    (["--constraint", "lut<=64", "--device", "cortex-m7"], r"device 'cortex-m7': is a mcu; lut needs one of class fpga"),
-    (["--constraint", "lut<=9", "--device", "vu9p", "--cost-option", "reuse=4"], r"--cost-option 'reuse': no --constraint's cost model takes it; they take: .*reuse_factor"),
-    (["--constraint", "flash_kb<=0.001", "--device", "cortex-m7"], r"budget flash_kb <= 0\.001 is below the smallest feasible flash_kb"),
+    (["--constraint", "sram_kb<=64"], r"--target None: resource sram_kb needs a hardware target; allowed: .*cortex-m7"),
+    (["--constraint", "sram_kb<=64", "--target", "m99"], r"device 'm99': allowed: .*cortex-m4"),
+    (["--constraint", "lut<=64", "--target", "cortex-m7"], r"device 'cortex-m7': is a mcu; lut needs one of class fpga"),
+    (["--constraint", "lut<=9", "--target", "vu9p", "--cost-option", "reuse=4"], r"--cost-option 'reuse': no --constraint's cost model takes it; they take: .*reuse_factor"),
+    (["--constraint", "flash_kb<=0.001", "--target", "cortex-m7"], r"budget flash_kb <= 0\.001 is below the smallest feasible flash_kb"),
 ])
 def test_constraint_errors(tmp_path, capsys, args, pattern):
     prof = tmp_path / "p.json"

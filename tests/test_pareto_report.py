@@ -98,7 +98,7 @@ def test_constraint_holds_along_the_front(capsys, tmp_path, smollm_path, smollm)
 
 def test_pareto_takes_the_hardware_constraints_of_solve(capsys, smollm_path, smollm):
     """`--constraint latency_ms<=... --device ...` means the same problem in pareto as in solve."""
-    hw = ["--constraint", "latency_ms<=1200", "--device", "cortex-m7"]
+    hw = ["--constraint", "latency_ms<=1200", "--target", "cortex-m7"]
     code, cap = cli(capsys, "pareto", "--profile", smollm_path, "--budgets", "3:5:1", "--json", *hw)
     assert code == 0, cap.err
     front = json.loads(cap.out)["front"]
@@ -125,8 +125,8 @@ def test_pareto_json_matches_solve(capsys, smollm_path, smollm):
     (["--budgets", "6:2.5:0.25"], "empty or inverted"),
     (["--budgets", "2.5:6:0"], "empty or inverted"),
     (["--budgets", "1:1.5:0.25"], "every budget is infeasible"),
-    (["--budgets", "3:4:1", "--constraint", "latency_ms<=3"], "needs a target device"),
-    (["--budgets", "3:4:1", "--constraint", "latency_ms<=3", "--device", "nope"], "nope"),
+    (["--budgets", "3:4:1", "--constraint", "latency_ms<=3"], "needs a hardware target"),
+    (["--budgets", "3:4:1", "--constraint", "latency_ms<=3", "--target", "nope"], "nope"),
     (["--budgets", "3:4:1", "--constraint", "watts<=3"], "allowed (the unit is part of the name)"),
     (["--budgets", "3:4:1", "--constraint", "avg_bits=3"], "RESOURCE<=NUMBER"),
     (["--budgets", "3:4:1", "--constraint", "avg_bits<=3", "--cost-option", "reuse_factor=4"], "--cost-option"),

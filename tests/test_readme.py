@@ -75,7 +75,7 @@ def test_readme_commands_without_models_run_as_written(tmp_path, monkeypatch, ca
         err = capsys.readouterr().err
         assert rc == 0, f"{cmd}: exit {rc}: {err}"
         ran.append(cmd)
-    assert len(ran) >= 20, ran
+    assert len(ran) >= 10, ran
     made_by_models = {"m.csv", "kv.json", "kv.alloc.json", "formats.json", "h.json", "m.json", "plan.csv",
                       "q.safetensors", "digits.profile.json"}
     for cmd in later:

@@ -16,7 +16,7 @@ from bitalloc.hwcost.memory import MemoryCost
 
 from conftest import SMOLLM_BITS, smollm_units
 
-HW = ["--constraint", "sram_kb<=3", "--device", "cortex-m7"]
+HW = ["--constraint", "sram_kb<=3", "--target", "cortex-m7"]
 SOLVERS = {"greedy": [], "dmmv": [], "optuna": ["--trials", "10", "--seed", "0"]}
 
 
@@ -62,7 +62,7 @@ def test_peak_sram_budget_holds_with_every_solver(capsys, two_blocks, solver):
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_infeasible_peak_sram_is_one_line(capsys, two_blocks, solver):
     _, path = two_blocks
-    code, cap = solve(capsys, path, solver, "--constraint", "sram_kb<=2.5", "--device", "cortex-m7", *SOLVERS[solver])
+    code, cap = solve(capsys, path, solver, "--constraint", "sram_kb<=2.5", "--target", "cortex-m7", *SOLVERS[solver])
     err = [line for line in cap.err.replace("\r", "\n").splitlines() if line.startswith("bitalloc")]
     assert code == 2 and cap.out == "" and len(err) == 1 and "Traceback" not in cap.err
     assert "sram_kb <= 2.5 is below the smallest feasible sram_kb 3.0000" in err[0]

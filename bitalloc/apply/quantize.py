@@ -109,7 +109,7 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
     The allocation's unit names decide each layer's granularity (`layer`, `layer:gN` with
     `settings.group_size` columns per group, `layer:cN`); they must name exactly the units of
     layers of `model`, else the allocation is for another model (one-line error)."""
-    import torch.nn as nn
+    from bitalloc.models.layers import is_quantizable, shape2d
 
     mods = dict(model.named_modules())
     by_layer: dict[str, set[str]] = {}
@@ -117,7 +117,7 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
         by_layer.setdefault(name.split(":")[0], set()).add(name)
     missing = sorted(set(by_layer) - set(mods))
     if missing:
-        shown = ", ".join([n for n, m in mods.items() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))][:3])
+        shown = ", ".join([n for n, m in mods.items() if is_quantizable(m)][:3])
         raise bad("allocation unit", sorted(by_layer[missing[0]])[0],
                   f"names no layer of this model (layers: {shown}, ...); is the allocation for another model?")
     units: list[Unit] = []
@@ -125,14 +125,14 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
         names = by_layer[layer]
         mod = mods[layer]
         w = getattr(mod, "weight", None)
-        if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) or w is None:
+        if not is_quantizable(mod) or w is None:
             raise bad("allocation unit", sorted(names)[0], f"{layer!r} is a {type(mod).__name__}, not a Linear/Conv layer")
         kinds = {"g" if ":g" in n else "c" if ":c" in n else "layer" for n in names}
         if len(kinds) > 1:
             raise bad("allocation units of layer", layer, "mix granularities (whole layer, :gN groups, :cN channels)")
         gran = {"g": "group", "c": "channel", "layer": "layer"}[kinds.pop()]
-        shape2d = (int(w.shape[0]), int(w[0].numel()))
-        layer_units = carve([(layer, shape2d, int((macs or {}).get(layer, w.numel())))], gran, settings.group_size)
+        shape = shape2d(mod)
+        layer_units = carve([(layer, shape, int((macs or {}).get(layer, w.numel())))], gran, settings.group_size)
         expected = {u.name for u in layer_units}
         if names - expected:
             raise bad("allocation unit", sorted(names - expected)[0], f"is not a unit of layer {layer!r} of shape "
@@ -142,7 +142,7 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
             miss = sorted(expected - names)
             raise BitallocError(f"allocation is partial: it covers {len(names)} of the {len(expected)} units of layer "
                                 f"{layer!r}; missing {', '.join(miss[:4])}{', ...' if len(miss) > 4 else ''} (a profile "
-                                "of a subset of units); fill them with bitalloc.models.check.fill_partial "
+                                "of a subset of units); fill them with bitalloc.verify.check.fill_partial "
                                 "(CLI: --allow-partial BITS)")
         units += layer_units
     out = []
@@ -172,6 +172,7 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
     progress(done, total) after each unit. Everything is checked, and every unit encoded, before
     any weight changes.
     """
+    from bitalloc.models.layers import weight2d
     from bitalloc.quant.quantizers import get_quantizer
     from bitalloc.quant.quantizers.base import WeightQuantizer
 
@@ -192,8 +193,8 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
         X = capture_inputs(model, sorted({u.layer for u, *_ in chunk}), calib, forward, max_rows) if wq.needs_inputs else {}
         W, layer = None, None
         for u, b, fmt, quant in chunk:
-            if u.layer != layer:
-                W, layer = _weight2d(mods[u.layer]), u.layer
+            if u.layer != layer:  # on the layer's device: integer grids quantize there (RTN)
+                W, layer = weight2d(mods[u.layer]).detach().float(), u.layer
             codes.append(encode_unit(u, b, fmt, quant, u.block(W), wq, _block_inputs(u, X.get(u.layer))))
             if progress is not None:
                 progress(len(codes), len(steps))
@@ -203,13 +204,19 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
 
 
 def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None) -> UnitCode:
-    """One unit's levels, scales and zeros (scales rounded to float16, as stored)."""
+    """One unit's levels, scales and zeros (scales rounded to float16, as stored). w: the unit's
+    (rows, cols) weights, numpy or a torch tensor; a tensor is quantized on its device when the
+    quantizer and the grid take tensors (RTN on an integer grid), and only the codes come back."""
     rec = u.to_json()
     rec.update(bits=bits, format=fmt)
     if quant is None:  # kept in floating point
         rec["offset"] = 0
-        return UnitCode(rec, weight=np.asarray(w, dtype=np.float16))
-    q, scale, zero = wq.quantize(np.ascontiguousarray(w, dtype=np.float32), quant, X)
+        return UnitCode(rec, weight=_numpy(w).astype(np.float16))
+    if not isinstance(w, np.ndarray) and getattr(quant, "torch_native", False) and getattr(wq, "torch_native", False):
+        q, scale, zero = (t.cpu().numpy() for t in wq.quantize(w, quant, X))
+    else:
+        w = _numpy(w)
+        q, scale, zero = wq.quantize(np.ascontiguousarray(w, dtype=np.float32), quant, X)
     q = np.asarray(q)
     lo, hi = int(q.min()), int(q.max())
     offset = 0 if lo >= 0 else 2 ** (bits - 1)
@@ -217,7 +224,7 @@ def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None) 
         raise BitallocError(f"unit {u.name!r}: quantizer {wq.name!r} gave levels {lo}..{hi}, outside {bits} bits")
     rec["offset"] = offset
     if is_block_float(fmt):
-        return block_float_code(rec, q, scale, quant, w)
+        return block_float_code(rec, q, scale, quant, _numpy(w))
     scale = np.asarray(scale, dtype=np.float32).astype(SCALE_DTYPE).astype(np.float32)
     if not np.isfinite(scale).all():
         raise BitallocError(f"unit {u.name!r}: a group scale exceeds the float16 range")
@@ -249,7 +256,7 @@ def _chunks(steps, mods, settings: Settings, needs_inputs: bool):
     for step in steps:
         layer = step[0].layer
         if layer not in seen:
-            cost = settings.max_rows * int(mods[layer].weight[0].numel()) * 4
+            cost = settings.max_rows * _in_features(mods[layer]) * 4
             if chunk and size + cost > INPUT_BYTES:
                 yield chunk
                 chunk, size, seen = [], 0, set()
@@ -258,6 +265,12 @@ def _chunks(steps, mods, settings: Settings, needs_inputs: bool):
         chunk.append(step)
     if chunk:
         yield chunk
+
+
+def _in_features(mod) -> int:
+    from bitalloc.models.layers import shape2d
+
+    return shape2d(mod)[1]
 
 
 def _block_inputs(u: Unit, X):
@@ -313,3 +326,7 @@ def _default_forward(model, batch):
     if isinstance(batch, (tuple, list)):
         return model(batch[0])
     return model(batch)
+
+
+def _numpy(w) -> np.ndarray:
+    return w if isinstance(w, np.ndarray) else w.detach().float().cpu().numpy()

@@ -2,11 +2,15 @@
 profile to solve, the problem flags (pins, ties, bit limits) and hardware constraints (solve, pareto)."""
 from __future__ import annotations
 
+import argparse
+
 from bitalloc.errors import bad
 
 
 def add_model_args(p) -> None:
-    p.add_argument("--model", required=True, help="smollm2, minilm or digits-cnn")
+    p.add_argument("--model", required=True, help="smollm2, minilm, digits-cnn, a transformers model folder "
+                   "(config.json + *.safetensors), a .gguf file, or package.module:function returning a Task")
+    add_runtime_args(p)
     p.add_argument("--granularity", default="layer", help="layer (default), group or channel")
     p.add_argument("--group-size", type=int, default=128, help="input columns per quantization group (128)")
     p.add_argument("--bits", default="2,3,4,5,6,8", help="candidate bit-widths (2,3,4,5,6,8)")
@@ -14,6 +18,31 @@ def add_model_args(p) -> None:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per calibration sequence")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite output files")
+
+
+def add_runtime_args(p) -> None:
+    """--calib, --torch-device, --dtype, --include, --exclude, --device-map: how a model is loaded and run."""
+    p.add_argument("--calib", default=None, metavar="PATH",
+                   help="calibration text: .txt, .jsonl (field 'text') or a folder of .txt/.md (default: pydoc text); "
+                        "a disjoint part is held out for evaluation")
+    p.add_argument("--torch-device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", help="auto (float32 on cpu, bfloat16/float16 on a GPU), float32, bfloat16, float16")
+    p.add_argument("--include", default=None, metavar="REGEX", help="only layers whose name matches")
+    p.add_argument("--exclude", default=None, metavar="REGEX", help="leave out layers whose name matches")
+    p.add_argument("--device-map", default=None, choices=("auto",),
+                   help="auto: spread a model larger than one GPU over the devices (accelerate)")
+
+
+def load_task_from_args(args, held_out=None):
+    """The Task of --model with the runtime flags (checked by `check_model`)."""
+    import sys
+
+    from bitalloc.models.loader import load_model
+
+    print(f"loading {args.model} ...", file=sys.stderr)
+    return load_model(args.model, calib=args.calib, samples=args.samples, seq_len=args.seq_len, seed=args.seed,
+                      held_out=held_out, device=args.torch_device, dtype=args.dtype, include=args.include,
+                      exclude=args.exclude, device_map=args.device_map)
 
 
 def parse_bits(text: str) -> tuple[int, ...]:
@@ -49,11 +78,26 @@ def _value(v: str):
 
 
 def check_model(args) -> None:
-    """--model, --samples and --seq-len, shared by every command that loads a real model."""
-    from bitalloc.zoo.demo import MODELS
+    """--model, --samples, --seq-len and the runtime flags, shared by every command that loads a
+    real model: checked before anything heavy is imported or loaded."""
+    from pathlib import Path
 
-    if args.model not in MODELS:
-        raise bad("--model", args.model, f"allowed: {', '.join(MODELS)}")
+    from bitalloc.models.device import check_device_name, check_dtype_name
+    from bitalloc.models.layers import _regex
+    from bitalloc.models.loader import model_source
+
+    if model_source(args.model) == "directory":  # the architecture too: transformers' config, no weights
+        from bitalloc.models.hf import load_config, model_kind
+
+        model_kind(load_config(args.model))
+    check_device_name(args.torch_device)
+    check_dtype_name(args.dtype)
+    from bitalloc.models.device import resolve_device, resolve_dtype
+
+    resolve_dtype(args.dtype, resolve_device(args.torch_device))  # a device or dtype this machine lacks
+    _regex("--include", args.include), _regex("--exclude", args.exclude)
+    if args.calib is not None and not Path(args.calib).exists():
+        raise bad("--calib", args.calib, "no such file or folder")
     if args.samples < 1:
         raise bad("--samples", args.samples, "must be at least 1")
     if args.seq_len < 2:
@@ -110,8 +154,9 @@ def add_constraint_args(s, what: str = "hardware budget") -> None:
     s.add_argument("--constraint", action="append", default=[], metavar="RESOURCE<=N",
                    help=f"{what}, unit in the name: latency_ms<=3.5, flash_kb<=512, sram_kb<=128, mcycles<=20, "
                         "lut<=50000, dsp<=100, bram<=40, avg_bits_with_overhead<=4.5 (repeatable)")
-    s.add_argument("--device", default=None, help="target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, h100, b200, "
-                                                  "host-cpu, vu9p, z7020 (bitalloc/data/devices)")
+    s.add_argument("--target", default=None, help="hardware target of --constraint: cortex-m4, cortex-m7, rpi4-a72, a100, "
+                                                  "h100, b200, host-cpu, vu9p, z7020 (bitalloc/data/devices)")
+    s.add_argument("--device", dest="target_alias", default=None, help=argparse.SUPPRESS)
     s.add_argument("--device-profile", default=None, metavar="M.CSV",
                    help="measured costs (bitalloc measure / an on-device harness); missing rows from the "
                         "analytic model scaled by a fitted factor; sets --device")
@@ -122,11 +167,26 @@ def add_constraint_args(s, what: str = "hardware budget") -> None:
                    help="cost-model option, e.g. reuse_factor=4 (fpga)")
 
 
+def target_from_alias(args) -> None:
+    """`--device` is the old name of `--target` (kept, with a one-line note)."""
+    import sys
+
+    alias = getattr(args, "target_alias", None)
+    if alias is not None:
+        print("bitalloc: note: --device is deprecated for the hardware target; use --target "
+              "(--torch-device picks the torch device)", file=sys.stderr)
+        if args.target is not None and args.target != alias:
+            raise bad("--device", alias, f"conflicts with --target {args.target!r}")
+        args.target = alias
+        args.target_alias = None
+
+
 def constraints_from_args(args) -> list:
     """The Constraints of `--constraint` (with --device, --device-profile, --target-spec, --cost-option)."""
     from bitalloc.hwcost.parse import parse_constraints
 
-    return parse_constraints(args.constraint, args.device, args.device_profile or None,
+    target_from_alias(args)
+    return parse_constraints(args.constraint, args.target, args.device_profile or None,
                              parse_options(args.cost_option), getattr(args, "target_spec", None))
 
 

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 
 def add_quant_args(p) -> None:
-    p.add_argument("--model", required=True, help="smollm2, minilm or digits-cnn")
+    from bitalloc.cli._common import add_runtime_args
+
+    p.add_argument("--model", required=True, help="smollm2, minilm, digits-cnn, a transformers model folder, "
+                   "a .gguf file, or package.module:function returning a Task")
+    add_runtime_args(p)
     p.add_argument("--allocation", help="allocation JSON (from bitalloc solve)")
     p.add_argument("--quantizer", default="rtn", help="weight quantizer: rtn (default), or another registered one")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="quantizer option")
@@ -37,9 +41,11 @@ def precheck_allocation(args, alloc):
     shapes (read cheaply), a partial allocation named as such (or filled with --allow-partial),
     and its own average-bits budgets recomputed from its bits. Returns the allocation to use."""
     from bitalloc.errors import BitallocError
-    from bitalloc.models.check import check_allocation, fill_partial, stated_budget_failures
-    from bitalloc.zoo.demo import module_shapes
+    from bitalloc.verify.check import check_allocation, fill_partial, stated_budget_failures
+    from bitalloc.zoo.demo import MODELS, module_shapes
 
+    if args.model not in MODELS:  # a checkpoint of the user's: checked after loading
+        return alloc
     shapes = module_shapes(args.model)
     where = f"--allocation {args.allocation!r}"
     check_allocation(alloc, list(shapes), args.group_size, where)  # another model: before the shapes matter

@@ -9,7 +9,8 @@ from bitalloc.cli._quant import add_quant_args, check_quant_args
 def add_parser(sub) -> None:
     s = sub.add_parser("apply", help="quantize a real model per an allocation; write the packed safetensors file")
     add_quant_args(s)
-    s.add_argument("--out", required=True, help="packed safetensors file to write")
+    s.add_argument("--out", required=True, help="FILE.safetensors: the packed file; any other path (transformers "
+                   "models): a folder that loads back (packed units, the rest, config and tokenizer)")
     s.set_defaults(func=run)
 
 
@@ -20,21 +21,22 @@ def run(args) -> int:
     from bitalloc.extras import require_model
     from bitalloc.fileio import check_writable
     from bitalloc.verify.budgets import check_budgets
-    from bitalloc.cli._common import progress_bar
+    from bitalloc.cli._common import load_task_from_args, progress_bar
     from bitalloc.cli._quant import precheck_allocation
 
     kw = check_quant_args(args)
     if not args.allocation:
         raise bad("--allocation", None, "required: the allocation JSON to apply")
     require_model(args.model)
-    check_writable(args.out, args.force)
-    alloc = precheck_allocation(args, Allocation.load(args.allocation))
-    from bitalloc.zoo.demo import load_task
-
-    print(f"loading {args.model} ...", file=sys.stderr)
-    task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+    alloc = Allocation.load(args.allocation)
+    to_dir = not str(args.out).endswith(".safetensors")
+    if to_dir and args.model in ("digits-cnn",):
+        raise bad("--out", args.out, f"model {args.model} is no transformers model: write FILE.safetensors")
+    check_writable(args.out, args.force, folder=to_dir) if to_dir else check_writable(args.out, args.force)
+    alloc = precheck_allocation(args, alloc)
+    task = load_task_from_args(args)
     plan(task.model, alloc, Settings(args.quantizer, kw["options"], args.group_size, args.symmetric, args.zero))
-    update, close = progress_bar(f"apply to {args.model}")
+    update, close = progress_bar(f"apply to {task.name}")
     try:
         q = apply(task.model, alloc, args.quantizer, calib=task.calib, forward=task.loss, macs=task.macs,
                   progress=update, **kw)
@@ -44,7 +46,12 @@ def run(args) -> int:
     if report.failures:  # refused before writing: no packed file of a broken allocation
         more = f" (+{len(report.failures) - 1} more)" if len(report.failures) > 1 else ""
         raise BitallocError(f"{report.failures[0]}{more}; nothing written")
-    q.save(args.out, force=args.force)
+    if to_dir:
+        from bitalloc.models.quantized_dir import save_directory
+
+        save_directory(q, task, args.out, force=args.force)
+    else:
+        q.save(args.out, force=args.force)
     t = report.totals
     print(f"wrote {args.out}: {len(q.codes)} units, {t['n_params']:,} weights, {t['avg_bits']:.4f} bits/weight "
           f"({t['avg_bits_with_overhead']:.4f} with scales/zeros, {t['file_bits_per_weight']:.4f} in the file); "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from bitalloc.cli._common import add_model_args, check_model_args, parse_options, progress_bar
+from bitalloc.cli._common import add_model_args, check_model_args, load_task_from_args, parse_options, progress_bar
 
 KINDS = ("weight", "kv")
 
@@ -42,6 +42,21 @@ def parse_candidates(text: str) -> tuple:
     return cands
 
 
+def describe_task(task) -> str:
+    """Lines on what was found: layers, device and dtype, and the tie groups a runtime may need."""
+    from bitalloc.models.layers import suggest_ties
+
+    m = task.meta
+    lines = [f"{task.name}: {len(task.layers)} layers ({task.layers[0]} ... {task.layers[-1]}) on "
+             f"{m.get('device', '?')} in {m.get('dtype', '?')}"]
+    if m.get("unused_layers"):
+        lines.append(f"  left out (the loss does not reach them): {', '.join(m['unused_layers'][:4])}")
+    ties = suggest_ties(task.layers)
+    if ties:
+        lines.append("  suggested tie groups (runtimes fuse these): " + " ".join(f"--tie {','.join(t)}" for t in ties))
+    return "\n".join(lines)
+
+
 def run(args) -> int:
     from bitalloc.errors import bad
     from bitalloc.fileio import check_writable
@@ -70,11 +85,9 @@ def run(args) -> int:
     check_writable(args.out, args.force)
     estimator = ESTIMATORS.create(args.estimator, bits=bits, granularity=args.granularity,
                                   group_size=args.group_size, **parse_options(args.option))
-    from bitalloc.zoo.demo import load_task
-
-    print(f"loading {args.model} ...", file=sys.stderr)
-    task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+    task = load_task_from_args(args)
     estimator.units(task)  # group size against the layers: fail before any work
+    print(describe_task(task), file=sys.stderr)
     update, close = progress_bar(f"{args.estimator} on {args.model}")
     try:
         profile = estimator.estimate(task, progress=update)

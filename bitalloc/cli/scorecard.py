@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from bitalloc.errors import bad
-from bitalloc.cli._common import add_model_args, check_model_args, progress_bar
+from bitalloc.cli._common import add_model_args, check_model_args, load_task_from_args, progress_bar
 
 DEFAULT_ESTIMATORS = "weight_error,hessian,fisher,lrp,salience"
 
@@ -25,7 +25,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from bitalloc.fileio import check_writable, dumps, publish_all
-    from bitalloc.zoo.demo import load_task
     from bitalloc.profile import Profile
     from bitalloc.report.scorecard import card_rows, markdown, plot
     from bitalloc.sensitivity import ESTIMATORS
@@ -58,20 +57,20 @@ def run(args) -> int:
     if args.measured is not None:
         measured_given = Profile.load(args.measured)  # a bad file fails before the model loads
 
-    print(f"loading {args.model} ...", file=sys.stderr)
-    task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+    task = load_task_from_args(args)
+    name = task.name
     common = dict(bits=bits, granularity=args.granularity, group_size=args.group_size)
     outputs = []  # everything is written at the end, together: a failure leaves no file
     if args.measured is not None:
         measured = measured_given
     else:
         opts = {"units": args.measured_units} if args.measured_units else {}
-        measured = _run(ESTIMATORS.create("measured", **common, **opts), task, "measured", args.model)
+        measured = _run(ESTIMATORS.create("measured", **common, **opts), task, "measured", name)
         if save_dir is not None:
             outputs.append((saved[0], dumps(measured.to_json()), "--save-profiles"))
     profiles = {}
     for n in names:
-        profiles[n] = _run(ESTIMATORS.create(n, **common), task, n, args.model)
+        profiles[n] = _run(ESTIMATORS.create(n, **common), task, n, name)
         if save_dir is not None:
             outputs.append((save_dir / f"{args.model}.{n}.json", dumps(profiles[n].to_json()), "--save-profiles"))
     rows = card_rows(profiles, measured)

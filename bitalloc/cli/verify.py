@@ -10,7 +10,7 @@ from bitalloc.cli._quant import add_quant_args, check_quant_args
 def add_parser(sub) -> None:
     s = sub.add_parser("verify", help="check an allocation's budgets from the quantized weights; measure quality")
     add_quant_args(s)
-    s.add_argument("--packed", help="packed file from bitalloc apply (default: apply the allocation in memory)")
+    s.add_argument("--packed", help="packed file or folder from bitalloc apply (default: apply the allocation in memory)")
     s.add_argument("--baselines", action="store_true", help="also uniform (floor/ceil bits) and random allocations")
     s.add_argument("--seeds", type=int, default=3, help="random baselines (3)")
     s.add_argument("--held-out", type=int, default=None, help="held-out sequences / sentences (model default)")
@@ -22,9 +22,9 @@ def run(args) -> int:
     from bitalloc.allocation import Allocation
     from bitalloc.errors import bad
     from bitalloc.fileio import atomic_write, check_writable, dumps
+    from bitalloc.cli._common import load_task_from_args
     from bitalloc.extras import require_model
     from bitalloc.quant.pack import read
-    from bitalloc.zoo.demo import load_task
     from bitalloc.verify.budgets import verify
 
     kw = check_quant_args(args)
@@ -35,6 +35,11 @@ def run(args) -> int:
     if args.held_out is not None and args.held_out < 1:
         raise bad("--held-out", args.held_out, "must be at least 1")
     require_model(args.model)
+    if args.packed:
+        from bitalloc.models.quantized_dir import PACKED, is_quantized_directory
+
+        if is_quantized_directory(args.packed):  # a folder written by `bitalloc apply`
+            args.packed = str(Path(args.packed) / PACKED)
     out = args.out if args.out is not None else str(Path(args.allocation or args.packed).with_suffix(".verify.json"))
     check_writable(out, args.force)
     pk = read(args.packed) if args.packed else None  # a damaged file fails here, before the model loads
@@ -44,8 +49,7 @@ def run(args) -> int:
     else:
         alloc = None
         precheck_names(args, Allocation.from_json(pk.allocation, where=f"packed file {args.packed!r}"), g)
-    print(f"loading {args.model} ...", file=sys.stderr)
-    task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed, held_out=args.held_out)
+    task = load_task_from_args(args, held_out=args.held_out)
     report = verify(task, alloc, args.packed, args.quantizer, baselines=args.baselines, seeds=args.seeds,
                     progress=lambda s: print(f"  evaluating {s} ...", file=sys.stderr), **kw)
     atomic_write(out, dumps(report.to_json()), force=args.force)
@@ -56,9 +60,11 @@ def run(args) -> int:
 
 def precheck_names(args, alloc, group_size: int):
     """The allocation's units against the model's modules (and --allow-partial), before the load."""
-    from bitalloc.models.check import check_allocation, fill_partial
-    from bitalloc.zoo.demo import module_shapes
+    from bitalloc.verify.check import check_allocation, fill_partial
+    from bitalloc.zoo.demo import MODELS, module_shapes
 
+    if args.model not in MODELS:  # a checkpoint of the user's: checked after loading
+        return alloc
     shapes = module_shapes(args.model)
     where = f"--allocation {args.allocation!r}" if args.allocation else f"packed file {args.packed!r}"
     check_allocation(alloc, list(shapes), group_size, where)

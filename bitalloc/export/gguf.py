@@ -21,7 +21,7 @@ from bitalloc.errors import BitallocError, bad
 from bitalloc.export import register
 from bitalloc.export.base import Exporter, ExportResult, allocation_formats, layer_bits
 from bitalloc.export.ggml_types import bpw, choose, parse_type_map, type_table
-from bitalloc.export.names import gguf_names, source_gguf
+from bitalloc.export.names import gguf_names, model_names, source_gguf
 
 SKIP_KEYS = ("general.architecture", "general.alignment")  # written by GGUFWriter itself
 
@@ -31,15 +31,16 @@ class GgufExport(Exporter):
     """model: whose GGUF to start from (smollm2); source: a GGUF path instead; type_map: bits →
     GGML type overrides (dict or `4=Q4_1,...`); progress: callback(done, total) per tensor."""
 
-    def __init__(self, model: str | None = "smollm2", source=None, type_map: dict | str | None = None,
+    def __init__(self, model: str | None = None, source=None, type_map: dict | str | None = None,
                  progress=None):
         self.model, self.source, self.progress = model, source, progress
         self.table = type_table(parse_type_map(type_map) if isinstance(type_map, str) else type_map)
 
-    def plan(self, bits: dict[str, int], reader, formats: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    def plan(self, bits: dict[str, int], reader, formats: dict[str, str] | None = None, src=None) -> tuple[dict[str, str], list[str]]:
         """GGUF tensor name → target type for every allocated unit (formats: unit → number
-        format; `mxfp4` units take MXFP4), and notes on fallbacks."""
-        names = gguf_names(bits, "gguf")
+        format; `mxfp4` units take MXFP4), and notes on fallbacks. Names follow the source's
+        architecture (gguf-py's tensor-name map)."""
+        names = gguf_names(bits, "gguf", model_names(None, src) if src is not None else model_names())
         tensors = {t.name: t for t in reader.tensors}
         missing = [n for n, g in names.items() if g not in tensors]
         if missing:
@@ -75,7 +76,7 @@ class GgufExport(Exporter):
             reader = GGUFReader(str(src))
         except Exception as e:
             raise BitallocError(f"GGUF {str(src)!r}: cannot be read ({type(e).__name__}: {e})") from None
-        target, notes = self.plan(bits, reader, allocation_formats(allocation))
+        target, notes = self.plan(bits, reader, allocation_formats(allocation), src)
         arch = reader.fields["general.architecture"].contents()
         from bitalloc.fileio import publishing
 
@@ -102,7 +103,7 @@ class GgufExport(Exporter):
                         self.progress(i + 1, len(reader.tensors))
             finally:
                 writer.close()
-        unit_bits = {g: bits[n] for n, g in gguf_names(bits, "gguf").items()}
+        unit_bits = {g: bits[n] for n, g in gguf_names(bits, "gguf", model_names(None, src)).items()}
         nominal = sum(unit_bits[t.name] * int(t.n_elements) for t in reader.tensors if t.name in unit_bits)
         summary = {"source": str(src), "types": dict(sorted(counts.items())), "bytes": out.stat().st_size,
                    "allocated_params": qparams, "allocation_avg_bits": nominal / max(qparams, 1),

@@ -14,7 +14,7 @@ import re
 from bitalloc.export import register
 from bitalloc.export.base import TextExporter
 from bitalloc.export.ggml_types import choose, llama_name, parse_type_map, type_table
-from bitalloc.export.names import gguf_names, gguf_row_lengths, source_gguf
+from bitalloc.export.names import gguf_names, gguf_row_lengths, model_names, source_gguf
 
 
 @register("llama.cpp")
@@ -27,10 +27,11 @@ class LlamaCppTypes(TextExporter):
         self.table = type_table(parse_type_map(type_map) if isinstance(type_map, str) else type_map)
 
     def render(self, bits):
-        tensors = gguf_names(bits, "llama.cpp")
+        names = model_names(self.model, self.source)
+        tensors = gguf_names(bits, "llama.cpp", names)
         rows = None
-        if self.model is not None or self.source is not None:
-            path = source_gguf(self.model, self.source)
+        if names.gguf is not None:
+            path = names.gguf
             rows = gguf_row_lengths(path)
             missing = [n for n, t in tensors.items() if t not in rows]
             if missing:

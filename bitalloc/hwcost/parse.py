@@ -58,7 +58,7 @@ def parse_constraint(text: str, device: str | None = None, device_profile=None, 
         if device is None and device_profile is None:
             from bitalloc.hwcost.device.devices import device_names
 
-            raise bad("--device", None, f"resource {name} needs a target device; allowed: {', '.join(device_names())}")
+            raise bad("--target", None, f"resource {name} needs a hardware target; allowed: {', '.join(device_names())}")
         opts["device"] = device
         if device_profile is not None and model != "fpga":
             opts["device_profile"] = device_profile

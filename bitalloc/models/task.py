@@ -13,9 +13,9 @@ from bitalloc.units import Unit, carve
 
 @dataclass
 class Task:
-    """name: `smollm2`, `minilm`, `digits-cnn`; model: float32 torch module in eval mode;
-    calib / held_out: lists of batches (disjoint data); layers: names of the quantizable
-    modules (nn.Linear / nn.Conv2d) in forward order; loss(model, batch) -> scalar tensor, the
+    """name: the model's name; model: torch module in eval mode (any device and dtype);
+    calib / held_out: lists of batches on the model's device (disjoint data); layers: names of the
+    quantizable modules (nn.Linear, nn.Conv1d/2d, transformers Conv1D) in forward order; loss(model, batch) -> scalar tensor, the
     mean loss on one batch (differentiable); probe_loss(model, batch, generator) -> scalar whose
     squared gradient, averaged over probes, estimates the Fisher / Gauss-Newton diagonal
     (default: `loss`; tasks whose loss is zero at the unquantized model use random output
@@ -32,6 +32,34 @@ class Task:
     macs: dict[str, int]
     probe_loss: Callable | None = None
     meta: dict = field(default_factory=dict)
+    tokenizer: Any = field(default=None, repr=False, compare=False)  # saved next to a quantized model
+
+    @property
+    def device(self):
+        """The device of the model's first parameter (where calibration batches live)."""
+        return next(self.model.parameters()).device
+
+    def to(self, device=None, dtype=None) -> "Task":
+        """Move the model (cast to `dtype` when given) and every batch to `device`, in place;
+        floating batch tensors take the model's dtype."""
+        from bitalloc.models.device import to_device
+
+        if device is not None or dtype is not None:
+            self.model.to(**{k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        p = next(self.model.parameters())
+        self.calib = to_device(self.calib, p.device, p.dtype if dtype is not None else None)
+        self.held_out = to_device(self.held_out, p.device, p.dtype if dtype is not None else None)
+        self.meta = {**self.meta, "device": str(p.device), "dtype": str(p.dtype).replace("torch.", "")}
+        return self
+
+    def select(self, include: str | None = None, exclude: str | None = None) -> "Task":
+        """Keep only the layers matching `include` and not `exclude` (regular expressions)."""
+        from bitalloc.models.layers import select
+
+        if include or exclude:
+            self.layers = select(self.layers, include, exclude)
+            self.macs = {n: self.macs[n] for n in self.layers}
+        return self
 
     def modules(self) -> dict:
         mods = dict(self.model.named_modules())
@@ -39,7 +67,9 @@ class Task:
 
     def units(self, granularity: str = "layer", group_size: int = 128) -> list[Unit]:
         mods = self.modules()
-        return carve([(n, _shape2d(mods[n].weight), self.macs[n]) for n in self.layers], granularity, group_size)
+        from bitalloc.models.layers import shape2d
+
+        return carve([(n, shape2d(mods[n]), self.macs[n]) for n in self.layers], granularity, group_size)
 
     def mean_loss(self, batches: list | None = None) -> float:
         """Mean of `loss` over `batches` (default: the calibration set), without gradients."""
@@ -47,11 +77,31 @@ class Task:
 
         batches = self.calib if batches is None else batches
         with torch.no_grad():
-            return float(sum(float(self.loss(self.model, b)) for b in batches) / len(batches))
+            return float(torch.stack([self.loss(self.model, b).detach().double().cpu() for b in batches]).sum()) / len(batches)
 
 
-def _shape2d(w) -> tuple[int, int]:
-    return int(w.shape[0]), int(w[0].numel())
+def used_layers(model, layers: list[str], loss: Callable[[], Any]) -> tuple[list[str], list[str]]:
+    """(layers the loss depends on, layers it does not), from one backward pass of `loss()` (a
+    loss on one sample): a layer the loss never reaches (BERT's pooler under a mean-pooled
+    embedding loss) has no gradient and no sensitivity, so it is no unit."""
+    import torch
+
+    mods = dict(model.named_modules())
+    weights = [mods[n].weight for n in layers]
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            out = loss()
+            grads = torch.autograd.grad(out, weights, allow_unused=True) if out.requires_grad else [None] * len(weights)
+    finally:
+        for p, r in zip(params, saved):
+            p.requires_grad_(r)
+    return ([n for n, g in zip(layers, grads) if g is not None], [n for n, g in zip(layers, grads) if g is None])
 
 
 def count_macs(model, layers: list[str], run: Callable[[], Any]) -> dict[str, int]:

@@ -49,6 +49,8 @@ def write_weights(model, codes: list[UnitCode], settings: dict) -> None:
     """Write each unit's decoded weights into its layer of `model` (all checked before any write)."""
     import torch
 
+    from bitalloc.weights import from_2d
+
     mods = dict(model.named_modules())
     by_layer: dict[str, list[UnitCode]] = {}
     for c in codes:
@@ -74,9 +76,11 @@ def write_weights(model, codes: list[UnitCode], settings: dict) -> None:
     with torch.no_grad():
         for layer, W in new.items():
             weight = mods[layer].weight
-            weight.copy_(torch.from_numpy(W).reshape(weight.shape).to(weight.dtype))
+            weight.copy_(from_2d(mods[layer], torch.from_numpy(W).to(weight.device)).to(weight.dtype))
 
 
 def _weight2d(mod) -> np.ndarray:
-    w = mod.weight.detach().float().cpu().numpy()
-    return w.reshape(w.shape[0], -1).copy()
+    """A copy of the layer's weight as float32 numpy (out, in·kh·kw)."""
+    from bitalloc.weights import weight2d
+
+    return weight2d(mod).detach().float().cpu().numpy().copy()

@@ -38,8 +38,11 @@ class IntQuant:
         if self.symmetric and self.bits < 2:
             raise bad("bits", self.bits, "symmetric quantization needs at least 2 bits")
 
+    torch_native = True  # encode/decode/fake_quant take torch tensors too, and compute on their device
+
     def fake_quant(self, w: np.ndarray) -> np.ndarray:
-        """Quantize and dequantize `w: (rows, cols)`; returns float32 of the same shape."""
+        """Quantize and dequantize `w: (rows, cols)`; returns float32 of the same shape (a numpy
+        array, or a torch tensor on w's device for a torch w)."""
         return self.decode(*self.encode(w))
 
     def n_groups(self, cols: int) -> int:
@@ -51,7 +54,10 @@ class IntQuant:
         (symmetric: in [−2^(b−1), 2^(b−1)−1]); scale, zero: (rows, n_groups) float32, where the
         group of column j is j // group_size (the last group may be ragged). w ≈ (q − zero)·scale
         for an integer zero-point, q·scale + zero for a float minimum, q·scale when symmetric
-        (zero all 0). A constant group gets scale 0 and zero = its value (float) or 0 (int)."""
+        (zero all 0). A constant group gets scale 0 and zero = its value (float) or 0 (int).
+        A torch `w` is quantized in torch on its own device, bit for bit as in numpy."""
+        if _is_torch(w):
+            return self._encode_torch(w)
         w = np.asarray(w, dtype=np.float32)
         if w.ndim != 2:
             raise bad("weight shape", w.shape, "must be 2-D (out_features, in_features)")
@@ -65,6 +71,8 @@ class IntQuant:
 
     def decode(self, q: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
         """Inverse of `encode`: float32 (rows, cols)."""
+        if _is_torch(q):
+            return self._decode_torch(q, scale, zero)
         rows, cols = q.shape
         g = cols if self.group_size is None else min(self.group_size, cols)
         s = np.repeat(scale, g, axis=1)[:, :cols]
@@ -99,6 +107,55 @@ class IntQuant:
         q = np.clip(np.rint(x / safe) + z, 0, levels)
         return q.astype(np.int32), np.where(flat, 0, scale).astype(np.float32), z.astype(np.float32)
 
+    def _encode_torch(self, w):
+        import torch
+
+        w = w.detach().float()
+        if w.dim() != 2:
+            raise bad("weight shape", tuple(w.shape), "must be 2-D (out_features, in_features)")
+        rows, cols = w.shape
+        g = cols if self.group_size is None else min(self.group_size, cols)
+        ng = self.n_groups(cols)
+        pad = ng * g - cols
+        x = torch.cat([w, w[:, -1:].expand(rows, pad)], 1) if pad else w
+        x = x.reshape(rows, ng, g)
+        if self.symmetric:
+            qmax = 2 ** (self.bits - 1) - 1
+            scale = x.abs().amax(-1, keepdim=True) / qmax
+            safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+            q = torch.clamp(torch.round(x / safe), -qmax - 1, qmax)
+            zero = torch.zeros_like(scale)
+        else:
+            levels = 2 ** self.bits - 1
+            lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+            if self.zero == "int":
+                lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+            scale = (hi - lo) / levels
+            flat = scale <= 0
+            safe = torch.where(flat, torch.ones_like(scale), scale)
+            if self.zero == "float":
+                q = torch.clamp(torch.round((x - lo) / safe), 0, levels)
+                zero = lo
+            else:
+                zero = torch.clamp(torch.round(-lo / safe), 0, levels)
+                q = torch.clamp(torch.round(x / safe) + zero, 0, levels)
+            scale = torch.where(flat, torch.zeros_like(scale), scale)
+        return q.to(torch.int32).reshape(rows, ng * g)[:, :cols], scale[..., 0], zero[..., 0]
+
+    def _decode_torch(self, q, scale, zero):
+        import torch
+
+        rows, cols = q.shape
+        g = cols if self.group_size is None else min(self.group_size, cols)
+        s = torch.as_tensor(scale, device=q.device).repeat_interleave(g, 1)[:, :cols]
+        z = torch.as_tensor(zero, device=q.device).repeat_interleave(g, 1)[:, :cols]
+        qf = q.float()
+        if self.symmetric:
+            return qf * s
+        if self.zero == "float":
+            return qf * s + z
+        return (qf - z) * s
+
     def error(self, w: np.ndarray) -> float:
         """Sum of squared quantization error ||Q(w) − w||² (float64)."""
         d = self.fake_quant(w) - np.asarray(w, dtype=np.float32)
@@ -113,6 +170,22 @@ class IntQuant:
         rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols)
         groups = rows if self.group_size is None else rows * -(-cols // self.group_size)
         return rows * cols * self.bits + groups * (scale_bits + zero_bits)
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def fake_quant_tensor(quant, w):
+    """`quant.fake_quant` of a torch (rows, cols) float32 tensor, as a tensor on w's device: computed
+    there by quantizers that take torch tensors (`torch_native`, the integer grids), through numpy
+    on the CPU for the others (minifloat, MX, NVFP4, kept floats)."""
+    import torch
+
+    if getattr(quant, "torch_native", False):
+        return quant.fake_quant(w)
+    return torch.from_numpy(np.ascontiguousarray(quant.fake_quant(w.detach().float().cpu().numpy()),
+                                                 dtype=np.float32)).to(w.device)
 
 
 def quantizer_for(fmt, group_size: int | None = 128, symmetric: bool = False, zero: str = "int"):

@@ -63,10 +63,12 @@ class Estimator(ABC):
         """Score every unit of `task` at every candidate."""
 
     def units(self, task) -> list[Unit]:
+        from bitalloc.models.layers import shape2d
+
         mods = task.modules()
         for name, m in mods.items():  # at layer/channel granularity a larger group is one group per row
-            if self.granularity == "group" and self.group_size > m.weight[0].numel():
-                raise bad("group_size", self.group_size, f"is larger than layer {name!r} ({m.weight[0].numel()} inputs)")
+            if self.granularity == "group" and self.group_size > shape2d(m)[1]:
+                raise bad("group_size", self.group_size, f"is larger than layer {name!r} ({shape2d(m)[1]} inputs)")
         return task.units(self.granularity, self.group_size)
 
     def profile(self, task, units: list[Unit], S: np.ndarray, t0: float, **meta) -> Profile:
@@ -109,25 +111,63 @@ def units_by_layer(units: list[Unit]) -> dict[str, list[int]]:
 
 
 def layer_weight(module) -> np.ndarray:
-    """A layer's weight as float32 numpy (out, in·kh·kw)."""
-    w = module.weight.detach().float().cpu().numpy()
-    return w.reshape(w.shape[0], -1)
+    """A layer's weight as float32 numpy (out, in·kh·kw) (transformers Conv1D transposed)."""
+    from bitalloc.models.layers import weight2d
+
+    return np.ascontiguousarray(weight2d(module).detach().float().cpu().numpy())
 
 
-def weighted_error(task, units: list[Unit], quants: list,
-                   weight_of: Callable[[str, np.ndarray], np.ndarray | float]) -> np.ndarray:
-    """S: (N, K) Σ_{i in unit} c_i (Q_k(w_i) − w_i)².
+def weighted_error(task, units: list[Unit], quants: list, weight_of: Callable) -> np.ndarray:
+    """S: (N, K) Σ_{i in unit} c_i (Q_k(w_i) − w_i)², computed on each layer's device.
 
-    weight_of(layer, W) -> c: a scalar, an (in,) vector (per input column) or an (out, in)
-    array (per element), for the layer's 2-D weight W."""
+    weight_of(layer, W) -> c, for the layer's 2-D weight W (a float32 torch tensor (out, in) on
+    the layer's device): a scalar, an (in,) vector (per input column) or an (out, in) array (per
+    element), numpy or torch. Quantization runs in torch on the device for the integer grids
+    (`fake_quant_tensor`); sums accumulate in float64 (float32 on MPS); the scores come back to
+    the CPU once, at the end."""
+    import torch
+
+    from bitalloc.models.device import accumulator_dtype
+    from bitalloc.models.layers import weight2d
+    from bitalloc.quant.integer import fake_quant_tensor
+
     mods = task.modules()
-    S = np.zeros((len(units), len(quants)))
+    pending = []
     for layer, idx in units_by_layer(units).items():
-        W = layer_weight(mods[layer])
-        c = np.asarray(weight_of(layer, W), dtype=np.float64)
+        W = weight2d(mods[layer]).detach().float()
+        acc = accumulator_dtype(W.device)
+        c = weight_of(layer, W)
+        c = float(c) if np.ndim(c) == 0 and not torch.is_tensor(c) else torch.as_tensor(c, device=W.device).to(acc)
+        seg, n_seg, axis = _segments([units[i] for i in idx], W.shape, W.device)
+        if axis is None and len(idx) != 1:
+            raise bad("units of layer", layer, "a whole-layer unit must be the layer's only unit")
+        out = torch.zeros(n_seg, len(quants), dtype=acc, device=W.device)
         for k, q in enumerate(quants):
-            err = (q.fake_quant(W) - W).astype(np.float64) ** 2
-            e = err * c if c.ndim else err * float(c)
-            for i in idx:
-                S[i, k] = float(units[i].block(e).sum())
+            d = (fake_quant_tensor(q, W) - W).to(acc)
+            e = d * d * c
+            if axis is None:
+                out[0, k] = e.sum()
+            else:
+                out[:, k].index_add_(0, seg, e.sum(1 - axis))
+        pending.append((idx, out[:len(idx)]))
+    S = np.zeros((len(units), len(quants)))
+    for idx, out in pending:
+        S[idx] = out.cpu().double().numpy()
     return S
+
+
+def _segments(units: list[Unit], shape, device):
+    """(segment id of every row (axis 0) or column (axis 1), number of units, axis) for one
+    layer's units: a whole layer is one segment (axis None)."""
+    import torch
+
+    axis = units[0].axis
+    if len(units) == 1 and units[0].index is None:
+        return None, 1, None
+    if any(u.axis != axis or u.index is None for u in units):
+        raise bad("units of one layer", units[0].layer, "mix granularities")
+    seg = torch.full((int(shape[axis]),), len(units), dtype=torch.long)
+    for j, u in enumerate(units):
+        a, b = u.index
+        seg[a:b] = j
+    return seg.to(device), len(units) + 1, axis  # the extra last segment: rows/columns of no unit

@@ -62,6 +62,20 @@ def split_batch(batch) -> list:
     return [take(batch, i) for i in range(n)]
 
 
+class _removed:
+    """Context manager that removes hook handles on exit."""
+
+    def __init__(self, hooks):
+        self.hooks = hooks
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+
 @register("fisher")
 class FisherEstimator(Estimator):
     """Empirical Fisher diagonal sensitivity (see the module docstring).
@@ -85,9 +99,19 @@ class FisherEstimator(Estimator):
                        else "1 forward + 1 backward per calibration batch")
 
     def fisher(self, task, progress=None) -> tuple[dict[str, np.ndarray], int]:
-        """(layer → F, weight-shaped float32 numpy; number of backward passes). The model is
-        left as it was."""
+        """(layer → F as float32 numpy (out, in·kh·kw), the weight's 2-D view; number of backward
+        passes). The model is left as it was."""
+        F, n = self.fisher_tensors(task, progress)
+        return {name: f.cpu().numpy() for name, f in F.items()}, n
+
+    def fisher_tensors(self, task, progress=None):
+        """`fisher` with F left as float32 torch tensors on each layer's device: the squared
+        gradients accumulate there in float32, and nothing leaves the device per step. Each
+        weight's gradient is folded into F by a post-accumulate hook during the backward pass and
+        freed at once, so the peak holds the weights, F and one layer's gradient (not all of them)."""
         import torch
+
+        from bitalloc.models.layers import as_2d
 
         mods = task.modules()
         names = list(task.layers)
@@ -95,24 +119,28 @@ class FisherEstimator(Estimator):
         gen = torch.Generator().manual_seed(self.seed)
         F = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         n = 0
-        with grad_only_for(task.model, weights), torch.enable_grad():
+        def fold(p, f):
+            g = p.grad.float()
+            f.addcmul_(g, g)
+            p.grad = None  # memory: one layer's gradient at a time, never the whole set
+
+        hooks = [w.register_post_accumulate_grad_hook(lambda p, f=f: fold(p, f)) for w, f in zip(weights, F)]
+        with grad_only_for(task.model, weights), torch.enable_grad(), _removed(hooks):
             for b, batch in enumerate(task.calib):
                 for sample in (split_batch(batch) if self.per_sample else [batch]):
                     loss = (task.probe_loss(task.model, sample, gen) if task.probe_loss is not None
                             else task.loss(task.model, sample))
-                    grads = torch.autograd.grad(loss, weights)
-                    for f, g in zip(F, grads):
-                        f.addcmul_(g, g)
+                    loss.backward()  # the hooks fold each gradient into F as soon as it is complete
                     n += 1
                 if progress is not None:
                     progress(f"batch {b + 1}/{len(task.calib)}: {n} backward passes")
         if n == 0:
             raise BitallocError("fisher: the task has no calibration data")
-        return {name: (f / n).numpy() for name, f in zip(names, F)}, n
+        return {name: as_2d(mods[name], f / n) for name, f in zip(names, F)}, n
 
     def estimate(self, task, progress=None) -> Profile:
         t0 = time.perf_counter()
-        F, n = self.fisher(task, progress)
+        F, n = self.fisher_tensors(task, progress)
         return self.scores(task, F, n, t0)
 
     def scores(self, task, F: dict[str, np.ndarray], passes: int = 0, t0: float | None = None) -> Profile:
@@ -127,15 +155,17 @@ class FisherEstimator(Estimator):
         kept = 0
 
         def weight_of(layer, W):
+            import torch
+
             nonlocal kept
-            c = F[layer].reshape(W.shape).astype(np.float64)
+            c = torch.as_tensor(F[layer], device=W.device).reshape(W.shape).clone()
             if self.outlier_fraction > 0:
                 for u in by_layer[layer]:
                     k = int(np.round(self.outlier_fraction * u.n_params))
                     if k:
                         blk = u.block(c)  # a view of c
                         flat = blk.reshape(-1)  # a copy when blk is a column slice
-                        flat[np.argpartition(flat, flat.size - k)[flat.size - k:]] = 0.0
+                        flat[torch.topk(flat, k).indices] = 0.0
                         blk[...] = flat.reshape(blk.shape)
                         kept += k
             return c

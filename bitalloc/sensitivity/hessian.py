@@ -146,7 +146,7 @@ class HessianEstimator(Estimator):
                     hvs = torch.autograd.grad(grads, weights, grad_outputs=vs, retain_graph=True)
                     for i, (v, hv) in enumerate(zip(vs, hvs)):
                         vhv = v.mul_(hv.detach())  # v is not needed after this: reuse its memory
-                        sums[i] += float(vhv.sum(dtype=torch.float64))
+                        sums[i] += float(vhv.sum(dtype=torch.float32 if vhv.device.type == "mps" else torch.float64))
                         if diagonal:
                             dsum[i] += vhv
                     del vs, hvs, vhv
@@ -171,7 +171,9 @@ class HessianEstimator(Estimator):
                 out.converged.append(bool(rel < self.tol))
         out.trace = {n: float(x) for n, x in zip(names, trace)}
         if diagonal:
-            out.diag = {n: d.numpy() for n, d in zip(names, diag)}
+            from bitalloc.models.layers import as_2d
+
+            out.diag = {n: as_2d(mods[n], d).cpu().numpy() for n, d in zip(names, diag)}
         out.seconds = time.perf_counter() - t0
         return out
 
@@ -192,19 +194,19 @@ class HessianEstimator(Estimator):
                 by_layer.setdefault(u.layer, []).append(u)
 
             def weight_of(layer, W):
-                d = h.diag[layer].reshape(W.shape)
-                c = np.zeros(W.shape, dtype=np.float64)
+                d = h.diag[layer].reshape(tuple(W.shape))
+                c = np.zeros(tuple(W.shape), dtype=np.float64)
                 for u in by_layer[layer]:
                     u.block(c)[...] = max(float(u.block(d).sum(dtype=np.float64)), 0.0) / u.n_params
                 return c
             score = "max(Tr_u, 0)/n_u * ||Q_b(W_u) - W_u||^2 (HAWQ per unit; Tr_u = sum of Hutchinson E[v*Hv] over the unit)"
         elif self.diagonal:
             def weight_of(layer, W):
-                return np.maximum(h.diag[layer].reshape(W.shape), 0.0)
+                return np.maximum(h.diag[layer].reshape(tuple(W.shape)), 0.0)
             score = "sum over the unit of max(E[v*Hv], 0) * (Q_b(w) - w)^2 (Hutchinson diagonal, clipped at 0 per element)"
         else:
             def weight_of(layer, W):
-                return max(h.trace[layer], 0.0) / W.size
+                return max(h.trace[layer], 0.0) / W.numel()
             score = "max(Tr(H_l), 0)/n_l * ||Q_b(W_l) - W_l||^2 (HAWQ; Hutchinson trace)"
         S = weighted_error(task, units, self.quants, weight_of)
         return self.profile(task, units, S, t0, score=score, diagonal=self.diagonal, unit_trace=self.unit_trace,
@@ -219,7 +221,7 @@ def rademacher(w, gen):
     """A ±1 tensor shaped and typed like `w`, from `gen`."""
     import torch
 
-    return torch.randint(0, 2, w.shape, generator=gen, dtype=torch.int8).to(w.dtype).mul_(2).sub_(1)
+    return torch.randint(0, 2, w.shape, generator=gen, dtype=torch.int8).to(w.device, w.dtype).mul_(2).sub_(1)
 
 
 def _max_or_none(xs):

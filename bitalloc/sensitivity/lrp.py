@@ -336,8 +336,8 @@ class LrpEstimator(Estimator):
         def weight_of(layer, W):
             c = contrib[layer]
             if not self.channel_relevance:
-                return float(c.sum()) / max(float((W.astype(np.float64) ** 2).sum()), 1e-30)
-            rows = np.maximum((W.astype(np.float64) ** 2).sum(1, keepdims=True), 1e-30)
+                return float(c.sum()) / max(float((W.double() ** 2).sum()), 1e-30)
+            rows = np.maximum((W.double() ** 2).sum(1, keepdim=True).cpu().numpy(), 1e-30)
             return c[:, None] / rows
 
         S = weighted_error(task, units, self.quants, weight_of)

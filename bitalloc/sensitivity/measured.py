@@ -25,7 +25,7 @@ from bitalloc.errors import BitallocError, bad
 from bitalloc.profile import Profile
 from bitalloc.units import Unit
 from bitalloc.sensitivity import register
-from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, layer_weight
+from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator
 
 
 @register("measured")
@@ -75,6 +75,9 @@ class MeasuredEstimator(Estimator):
     def estimate(self, task, progress=None) -> Profile:
         import torch
 
+        from bitalloc.models.layers import as_2d, weight2d
+        from bitalloc.quant.integer import fake_quant_tensor
+
         t0 = time.perf_counter()
         units = self.select(self.units(task))
         mods = task.modules()
@@ -93,16 +96,15 @@ class MeasuredEstimator(Estimator):
                 mod = mods[u.layer]
                 weight = mod.weight
                 if cached is None or cached[0] != u.layer:  # units come in layer order: one layer at a time
-                    W = layer_weight(mod)
-                    cached = (u.layer, [torch.from_numpy(q.fake_quant(W)).to(weight.device, weight.dtype)
-                                        for q in self.quants])
+                    W = weight2d(mod).detach().float()  # on the layer's device; quantized there
+                    cached = (u.layer, [fake_quant_tensor(q, W).to(weight.dtype) for q in self.quants])
                 orig = weight.detach().clone()
                 try:
                     for k, wq in enumerate(cached[1]):
-                        patched = orig.reshape(orig.shape[0], -1).clone()
-                        u.block(patched).copy_(u.block(wq))
+                        patched = orig.clone()
+                        u.block(as_2d(mod, patched)).copy_(u.block(wq))  # a view: writes into patched
                         with torch.no_grad():
-                            weight.copy_(patched.reshape(orig.shape))
+                            weight.copy_(patched)
                         S[i, k] = task.mean_loss() - base
                         with torch.no_grad():
                             weight.copy_(orig)

@@ -90,7 +90,9 @@ class Moments:
         import torch
 
         self.n = 0
-        self.diag = torch.zeros(groups, cols, dtype=torch.float64, device=device)
+        from bitalloc.models.device import accumulator_dtype
+
+        self.diag = torch.zeros(groups, cols, dtype=accumulator_dtype(device), device=device)
         self.full = torch.zeros(groups, cols, cols, dtype=torch.float32, device=device) if full else None
 
     def add(self, x) -> None:
@@ -99,12 +101,12 @@ class Moments:
 
         x = x.detach().float()
         self.n += x.shape[1]
-        self.diag += x.pow(2).sum(1, dtype=torch.float64)
+        self.diag += x.pow(2).sum(1, dtype=self.diag.dtype)
         if self.full is not None:
             self.full.baddbmm_(x.transpose(1, 2), x)
 
     def mean_diag(self) -> np.ndarray:
-        return self.diag.cpu().numpy() / self.n
+        return self.diag.cpu().double().numpy() / self.n
 
     def mean_full(self) -> np.ndarray:
         return self.full.cpu().double().numpy() / self.n
@@ -116,7 +118,9 @@ def layer_columns(mod, x):
     import torch
     import torch.nn.functional as F
 
-    if isinstance(mod, torch.nn.Linear):
+    from bitalloc.models.layers import is_transposed
+
+    if isinstance(mod, torch.nn.Linear) or is_transposed(mod):  # transformers Conv1D: x @ W, W (in, out)
         return x.reshape(1, -1, x.shape[-1])
     if isinstance(mod, (torch.nn.Conv1d, torch.nn.Conv2d)):
         one_d = isinstance(mod, torch.nn.Conv1d)

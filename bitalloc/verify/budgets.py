@@ -333,8 +333,9 @@ def _model_weights(model, layers) -> dict[str, np.ndarray]:
     for layer in layers:
         if layer not in mods:
             raise BitallocError(f"layer {layer!r} of the packed units is not in the model; the file is for another model")
-        w = mods[layer].weight.detach().float().cpu().numpy()
-        out[layer] = w.reshape(w.shape[0], -1)
+        from bitalloc.models.layers import weight2d
+
+        out[layer] = weight2d(mods[layer]).detach().float().cpu().numpy()
     return out
 
 

