@@ -13,13 +13,16 @@ class Unsupported(Exception):
 @dataclass(frozen=True)
 class Timing:
     """seconds: the statistic `stat` over `n` timed calls (None unless status is ok);
-    status: ok | unsupported | oom | error; note: why, when not ok."""
+    status: ok | unsupported | oom | error; note: why, when not ok; cycles: the same statistic
+    in the device's clock cycles, when the runner counts cycles (the profile row is then a
+    `cycles` row)."""
 
     seconds: float | None
     status: str = "ok"
     n: int | None = None
     stat: str = "median"
     note: str = ""
+    cycles: float | None = None
 
 
 class Runner(ABC):
@@ -44,6 +47,10 @@ class Runner(ABC):
     @abstractmethod
     def time(self, entry) -> Timing:
         """Time one plan entry (bitalloc/hwcost/plan.py PlanEntry)."""
+
+    def summary(self) -> dict:
+        """Header fields known only at the end of a run (link statistics); {} by default."""
+        return {}
 
     def close(self) -> None:
         """Release what the runner holds (threads setting, device handles)."""
