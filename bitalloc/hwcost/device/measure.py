@@ -43,14 +43,13 @@ class MeasureResult:
     measured: int = 0         # plan entries measured in this run
 
 
-def rows_for(entry, t) -> list[dict]:
-    """The device-profile rows of one measured plan entry (one per layer that runs it)."""
-    cycles = getattr(t, "cycles", None)
-    if t.status == "ok" and cycles is not None:
-        metric, unit, value = "cycles", "cycles", int(round(cycles))
+def rows_for(entry, t, metric: str = "latency") -> list[dict]:
+    """The device-profile rows of one measured plan entry (one per layer that runs it), in
+    `metric` (the runner's: latency in ms, or cycles)."""
+    if metric == "cycles":
+        unit, value = "cycles", None if t.cycles is None else int(round(t.cycles))
     else:
-        metric, unit = ("cycles", "cycles") if cycles is not None else ("latency", "ms")
-        value = None if t.seconds is None else float(f"{t.seconds * 1e3:.6g}")
+        unit, value = "ms", None if t.seconds is None else float(f"{t.seconds * 1e3:.6g}")
     return [{"layer": layer, "op": entry.op, "macs": entry.macs, "w_bits": entry.w_bits, "a_bits": entry.a_bits,
              "group": entry.group, "kernel": entry.kernel, "metric": metric, "value": value, "unit": unit,
              "stat": t.stat, "n": t.n, "status": t.status} for layer in entry.layers]
@@ -136,7 +135,7 @@ def measure_plan(runner, entries, out, *, force: bool = False, plan_id: str = ""
             for i, e in enumerate(entries):
                 if e.id not in done:
                     t = runner.time(e)
-                    done[e.id] = rows_for(e, t)
+                    done[e.id] = rows_for(e, t, getattr(runner, "metric", "latency"))
                     _append(f, done[e.id])
                     result.measured += 1
                 st = done[e.id][0]["status"]

@@ -27,10 +27,12 @@ class Timing:
 
 class Runner(ABC):
     """device: the device name written in the profile header (a bitalloc/data/devices spec).
-    warmup / repeats: untimed and timed calls per kernel."""
+    warmup / repeats: untimed and timed calls per kernel. A runner whose `device` is None
+    measures any device of its kind: `bitalloc measure` passes it the plan's (`device=`)."""
 
     name = "runner"
     device = ""
+    metric = "latency"  # what its rows hold: latency (Timing.seconds, in ms) or cycles (Timing.cycles)
 
     def __init__(self, warmup: int = 3, repeats: int = 20):
         from bitalloc.errors import bad

@@ -31,6 +31,7 @@ QEMU_TIMER = "qemu-icount"
 @register("serial")
 class SerialRunner(Runner):
     device = None  # any MCU device spec: the plan's
+    metric = "cycles"
 
     def __init__(self, warmup: int = 3, repeats: int = 20, *, port: str, device: str = "mps2-an386",
                  baud: int = 115200, timeout: float = 60.0, ack_timeout: float = 2.0, retries: int = 3,
