@@ -43,7 +43,7 @@ def test_firmware_answers_the_protocol_under_qemu(firmware):
                          timeout=30.0)
         try:
             h = r.header()
-            assert (h["board"], h["core"], h["clock_hz"], h["timer"]) == ("mps2-an386", "cortex-m4", "25000000", "qemu-icount")
+            assert (h["board"], h["core"], h["clock_hz"], h["timer"]) == ("mps2-an386", "cortex-m4", 25000000, "qemu-icount")
             assert int(h["flash_bytes"]) == int(h["sram_bytes"]) == 4 << 20
             assert 0 < int(h["fw_flash_bytes"]) < 64 << 10 and int(h["arena_bytes"]) > 4_000_000
             assert "not real cycles" in h["timer_note"]

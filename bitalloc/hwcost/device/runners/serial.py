@@ -100,12 +100,15 @@ class SerialRunner(Runner):
 
     def header(self) -> dict:
         h = self.hello
-        out = {"device": self.device, "core": h.get("core", ""), "clock_hz": h["clock_hz"],
+        def num(k):  # the board's figures as numbers where they are
+            v = h.get(k, "")
+            return int(v) if v.isdigit() else v
+
+        out = {"device": self.device, "core": h.get("core", ""), "clock_hz": num("clock_hz"),
                "runtime": f"bitalloc-fw {h.get('fw', '?')} (protocol {h.get('proto')})", "timer": self.timer,
                "warmup": self.warmup, "repeats": self.repeats, "board": h.get("board", ""),
-               "flash_bytes": h.get("flash", ""), "sram_bytes": h.get("sram", ""),
-               "fw_flash_bytes": h.get("fw_flash", ""), "fw_sram_bytes": h.get("fw_sram", ""),
-               "arena_bytes": h.get("arena", ""), "seed": self.seed}
+               "flash_bytes": num("flash"), "sram_bytes": num("sram"), "fw_flash_bytes": num("fw_flash"),
+               "fw_sram_bytes": num("fw_sram"), "arena_bytes": num("arena"), "seed": self.seed}
         if self.timer == QEMU_TIMER:
             out["emulator"] = self.qemu.describe() if self.qemu else "qemu (started by the user, -icount shift=0)"
             out["timer_note"] = ("cycles are guest instructions counted by QEMU -icount shift=0 (not real cycles); "
