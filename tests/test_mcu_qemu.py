@@ -31,8 +31,7 @@ def firmware():
 def entry(id, op, shape, w_bits, a_bits=8, group=None):
     from bitalloc.hwcost.device.plan import PlanEntry
 
-    macs = 0
-    return PlanEntry(id, op, shape, macs, w_bits, a_bits, group, f"s{w_bits}", f"int{w_bits}", ("x",))
+    return PlanEntry(id, op, shape, 0, w_bits, a_bits, group, f"s{w_bits}", f"int{w_bits}", ("x",))
 
 
 def test_firmware_answers_the_protocol_under_qemu(firmware):
@@ -63,6 +62,8 @@ def test_firmware_answers_the_protocol_under_qemu(firmware):
             big = r.time(entry("h", "linear", {"pos": 1, "in": 4096, "out": 4096}, 8))
             assert big.status == "oom" and big.note == "arena"
             assert Layer("linear", {"pos": 1, "in": 4096, "out": 4096}, 8).arena_bytes() == 16818176  # the board's `need`
+            r.link.port.write(b"RUN seq=99 id=x op=linear*00000000\n")  # a corrupted line: the board NAKs it
+            assert r.time(rows[-1]).status == "ok" and r.link.stats.naks == 1
             r.reset_board()  # a real reset (SYSRESETREQ): the next request meets the boot HELLO and is resent
             t = r.time(rows[-1])
             assert t.status == "ok" and r.link.stats.resets == 1

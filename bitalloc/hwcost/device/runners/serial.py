@@ -41,9 +41,12 @@ class SerialRunner(Runner):
 
         if load_device(device).klass != "mcu":
             raise bad("device", device, "the serial runner measures microcontrollers (a device spec of class mcu)")
-        for f, v, lo in (("--baud", baud, 1), ("--timeout", timeout, 0), ("--retries", retries, 0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (f == "--timeout" and v == 0):
-                raise bad(f, v, f"must be a number > {lo}" if f == "--timeout" else f"must be an integer >= {lo}")
+        for f, v, lo in (("--baud", baud, 1), ("--retries", retries, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise bad(f, v, f"must be an integer >= {lo}")
+        for f, v in (("--timeout", timeout), ("ack_timeout", ack_timeout)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise bad(f, v, "must be a number of seconds > 0")
         if repeats > 255:
             raise bad("--repeats", repeats, "the firmware times at most 255 repeats per row")
         if not isinstance(port, str) or not port:
@@ -68,7 +71,7 @@ class SerialRunner(Runner):
         self.link = Link(ser, ack_timeout=ack_timeout, timeout=timeout, retries=retries)
         try:
             self.hello = self._handshake()
-        except BitallocError:
+        except BaseException:  # never leave a QEMU behind
             self.close()
             raise
         self.clock_hz = float(self.hello["clock_hz"])
