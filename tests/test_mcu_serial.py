@@ -140,7 +140,7 @@ def small_profile() -> Profile:
 def runner_for(port, **kw):
     from bitalloc.hwcost.device.runners.serial import SerialRunner
 
-    opts = dict(warmup=1, repeats=3, port=port, device="mps2-an386", timeout=3.0, ack_timeout=0.3, retries=3)
+    opts = dict(warmup=1, repeats=3, port=port, device="mps2-an386", timeout=2.0, ack_timeout=1.0, retries=3)
     opts.update(kw)
     return SerialRunner(**opts)
 
@@ -206,7 +206,8 @@ def test_runner_measures_a_plan_through_garbage_timeouts_and_corrupted_lines(boa
     assert (h["warmup"], h["repeats"], h["sram_bytes"], h["flash_bytes"]) == ("1", "3", "196608", "1048576")
     # the garbage was skipped, the dropped request and the corrupted reply were resent; the
     # retried request after the corrupted reply was answered from the board's cache, not rerun
-    assert "garbage=0" not in h["link"] and "retries=2" in h["link"]
+    link = dict(kv.split("=") for kv in h["link"].split())
+    assert int(link["garbage"]) >= 4 and int(link["retries"]) >= 2  # (more only if this machine stalls the peer)
     assert sorted(b.executed) == sorted(e.id for e in entries)
     assert not partial_path(out).exists()
 
