@@ -139,8 +139,9 @@ from zennit.types import Activation  # noqa: E402
 
 CNN_COMPOSITES = ("epsilon_plus_flat", "epsilon_gamma_box", "epsilon_plus", "epsilon_alpha2_beta1",
                   "epsilon_alpha2_beta1_flat")
-ATTENTION = ("cp", "attnlrp")
-ATTENTION_TEXT = {"cp": "CP-LRP, softmax detached for the relevance flow, A.V by LRP-0; query/key relevance "
+ATTENTION = ("auto", "cp", "attnlrp")
+ATTENTION_TEXT = {"auto": "cp for encoders, attnlrp for decoder LLMs",
+                  "cp": "CP-LRP, softmax detached for the relevance flow, A.V by LRP-0; query/key relevance "
                         "by AttnLRP's softmax and uniform rules (1/4 each), recorded and not propagated",
                   "attnlrp": "AttnLRP, softmax rule, uniform rule on QK^T and A.V (value 1/2, query and key 1/4)"}
 TARGETS = ("true", "pred")
@@ -293,11 +294,20 @@ class Relevance:
     input_sum: np.ndarray
     rules: dict[str, str]
     batches: int
+    absorbed: float | None = None  # AttnLRP on decoders: relevance the softmax rule absorbed (Σ over samples)
 
     @property
     def conservation(self) -> float:
         """Σ input relevance / Σ explained output (1 when relevance is conserved)."""
         return float(self.input_sum.sum() / self.explained.sum())
+
+    @property
+    def conservation_with_absorbed(self) -> float | None:
+        """(Σ input relevance + what attention absorbed) / Σ explained output: 1 up to rounding when every
+        rule but the softmax rule conserves relevance (decoders only)."""
+        if self.absorbed is None:
+            return None
+        return float((self.input_sum.sum() + self.absorbed) / self.explained.sum())
 
 
 @register("lrp")
@@ -311,7 +321,7 @@ class LrpEstimator(Estimator):
     passes = "1 forward + 1 LRP backward per calibration batch"
 
     def __init__(self, bits=DEFAULT_BITS, granularity: str = "layer", group_size: int = 128, symmetric: bool = False,
-                 zero: str = "int", composite: str = "epsilon_plus_flat", attention: str = "cp",
+                 zero: str = "int", composite: str = "epsilon_plus_flat", attention: str = "auto",
                  epsilon: float = 1e-6, target: str = "true", channel_relevance: bool = True):
         super().__init__(bits, granularity, group_size, symmetric, zero)
         if composite not in CNN_COMPOSITES:
@@ -342,17 +352,24 @@ class LrpEstimator(Estimator):
 
         S = weighted_error(task, units, self.quants, weight_of)
         transformer = self._is_transformer(task)
+        decoder = _batch_kind(task) == "lm"
+        attention = self._attention(decoder)
         return self.profile(
             task, units, S, t0,
             score=("sum over the unit of C[layer, out] (Q_b(w) - w)^2 / ||W[out, :]||^2" if self.channel_relevance
                    else "C[layer] ||Q_b(W) - W||^2 / ||W||^2") + ", C = LRP |relevance| at the layer output, "
                   "normalized to sum 1 over layers",
             passes=f"{rel.batches} forward + {rel.batches} LRP backward", lrp_samples=int(len(rel.explained)),
-            explained=("cosine of the sentence embedding (mean pooling, L2 norm held constant) to the unquantized "
+            explained=("sum over positions of the logit of the true next token" if decoder else
+                       "cosine of the sentence embedding (mean pooling, L2 norm held constant) to the unquantized "
                        "target" if transformer else f"logit of the {self.target} class"),
-            rule_set=(f"transformer LRP, attention {self.attention}: {ATTENTION_TEXT[self.attention]}" if transformer
-                      else f"zennit composite {self.composite}"),
+            rule_set=("AttnLRP for decoder LLMs (gradient x input with AttnLRP's rules, bitalloc.sensitivity.attnlrp)"
+                      if decoder else f"transformer LRP, attention {attention}: {ATTENTION_TEXT[attention]}"
+                      if transformer else f"zennit composite {self.composite}"),
             rules=rel.rules, epsilon=self.epsilon, conservation=round(rel.conservation, 4),
+            **({} if rel.absorbed is None else {
+                "attention_absorbed": round(rel.absorbed / float(rel.explained.sum()), 4),
+                "conservation_with_absorbed": round(rel.conservation_with_absorbed, 6)}),
             contributions={n: round(float(c.sum()), 6) for n, c in contrib.items()},
             zennit_version=_zennit_version(), zennit_torchvision=ZENNIT_TORCHVISION)
 
@@ -362,6 +379,8 @@ class LrpEstimator(Estimator):
         mods = dict(model.named_modules())
         transformer = self._is_transformer(task)
         kind = _batch_kind(task)
+        if kind == "lm":
+            return self._decoder_relevance(task, progress)
         if transformer and kind != "embedding":
             raise BitallocError(f"estimator 'lrp': task {task.name!r}: transformers are explained through a "
                                 "sentence embedding (encoder batches with a 'target'); this task has none")
@@ -408,6 +427,40 @@ class LrpEstimator(Estimator):
                                 f"try a larger epsilon than {self.epsilon:g}")
         return {n: c / total for n, c in out.items()}
 
+    def _attention(self, decoder: bool) -> str:
+        if self.attention == "auto":
+            return "attnlrp" if decoder else "cp"
+        if decoder and self.attention == "cp":
+            raise bad("attention", "cp", "is for encoders; decoder LLMs are explained with AttnLRP "
+                                         "(attention=attnlrp or auto)")
+        return self.attention
+
+    def _decoder_relevance(self, task, progress=None) -> Relevance:
+        """AttnLRP over a causal LM's calibration batches (bitalloc.sensitivity.attnlrp)."""
+        from bitalloc.sensitivity.attnlrp import DecoderRules, explain_lm
+
+        self._attention(decoder=True)
+        model, layers = task.model, list(task.layers)
+        mods = dict(model.named_modules())
+        store = _Store({n: (1 if isinstance(mods[n], torch.nn.modules.conv._ConvNd) else -1) for n in layers})
+        rules = DecoderRules(model, layers, lambda name, out, g: store.add(name, out * g), eps=self.epsilon)
+        explained, input_sum = [], []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                for i, batch in enumerate(task.calib):
+                    f, r_in = explain_lm(model, batch, rules)
+                    explained.append(f)
+                    input_sum.append(r_in)
+                    if progress is not None:
+                        progress(f"lrp batch {i + 1}/{len(task.calib)}")
+        finally:
+            model.train(was_training)
+        channels = {n: store.abs[n] if n in store.abs else np.zeros(_out_channels(mods[n])) for n in layers}
+        return Relevance(channels, np.concatenate(explained), np.concatenate(input_sum), dict(rules.rules),
+                         len(task.calib), absorbed=rules.absorbed)
+
     # -- composites --
     def _cnn_composite(self, task, layers, store, rules) -> Composite:
         kwargs = {"epsilon": self.epsilon}
@@ -433,7 +486,7 @@ class LrpEstimator(Estimator):
         role = {}
         for b in _attention_blocks(model):
             role.update({b["q"]: "q", b["k"]: "k", b["v"]: "v", b["o"]: "o"})
-        cp = self.attention == "cp"
+        cp = self._attention(decoder=False) == "cp"
 
         def module_map(ctx, name, module):
             if isinstance(module, torch.nn.Linear):
@@ -508,12 +561,22 @@ class LrpEstimator(Estimator):
 
 def _batch_kind(task) -> str:
     b = task.calib[0] if task.calib else None
+    if torch.is_tensor(b) and b.dim() == 2 and not b.is_floating_point() and _has_lm_head(task.model):
+        return "lm"  # (B, T) token ids of a causal LM
+    if isinstance(b, dict) and "input_ids" in b and "target" not in b and _has_lm_head(task.model):
+        return "lm"
     if isinstance(b, dict) and "target" in b and "input_ids" in b and "attention_mask" in b:
         return "embedding"
     if isinstance(b, (tuple, list)) and len(b) == 2 and torch.is_tensor(b[0]) and torch.is_tensor(b[1]):
         return "classifier"
     raise BitallocError(f"estimator 'lrp': task {task.name!r}: cannot tell what to explain from its batches "
-                        "(supported: (inputs, labels) for classifiers, encoder inputs with a 'target' embedding)")
+                        "(supported: (inputs, labels) for classifiers, encoder inputs with a 'target' embedding, "
+                        "token ids of a causal LM)")
+
+
+def _has_lm_head(model) -> bool:
+    get = getattr(model, "get_output_embeddings", None)
+    return callable(get) and get() is not None
 
 
 def _out_channels(module) -> int:
