@@ -150,9 +150,12 @@ def test_gguf_round_trip(source, tmp_path):
         assert rel < REL_ERR[by_tensor[t.name]], (t.name, rel)
     # metadata and tokenizer copied; the allocation recorded
     for key, f in src.fields.items():
-        if not key.startswith("GGUF."):
+        if not key.startswith("GGUF.") and key != "general.file_type":
             assert got.fields[key].contents() == f.contents(), key
-    assert json.loads(got.fields["bitalloc.allocation"].contents()) == BITS
+    recorded = dict(zip(got.fields["bitalloc.allocation.tensors"].contents(),
+                        [GGMLQuantizationType(t).name for t in got.fields["bitalloc.allocation.types"].contents()]))
+    assert recorded == {gguf_name(n): EXPECTED[gguf_name(n)] for n in BITS}
+    assert out.stat().st_size == res.summary["predicted_bytes"]
     assert res.summary["types"] == {t: list(EXPECTED.values()).count(t) for t in sorted(set(EXPECTED.values()))}
     assert any("written as Q4_0" in n for n in res.notes) and any("written as F16" in n for n in res.notes)
 
@@ -179,7 +182,7 @@ def test_gguf_bad_input_writes_nothing(source, tmp_path, bits, match):
 
 
 def test_gguf_failure_midway_leaves_no_file(source, tmp_path, monkeypatch):
-    def boom(w, qtype):
+    def boom(w, qtype, **kw):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(kquants, "encode", boom)

@@ -117,7 +117,7 @@ class IntQuant:
 
 def quantizer_for(fmt, group_size: int | None = 128, symmetric: bool = False, zero: str = "int"):
     """The quantizer of a candidate's number format (`Profile.formats[k]`, e.g. `int4`, `fp4_e2m1`,
-    `mxfp4`, `nvfp4`; names in bitalloc/quant/formats/spec.py).
+    `mxfp4`, `nvfp4`, GGML types `q4_k`; names in bitalloc/quant/formats/spec.py).
 
     The one entry point estimators, `apply` and `verify` use, so a candidate is scored, applied and
     checked by the same code. group_size: input columns per scale of `int` and per-group `fp`
@@ -134,6 +134,10 @@ def quantizer_for(fmt, group_size: int | None = 128, symmetric: bool = False, ze
         return None
     if info.family == "int":
         return IntQuant(info.bits, info.block or group_size, symmetric, zero)
+    if info.family == "ggml":
+        from bitalloc.quant.formats.ggml import GgmlType, type_of_format
+
+        return GgmlType(type_of_format(info.name))
     from bitalloc.quant.formats.minifloat import ELEMENTS
 
     element = ELEMENTS[info.element]

@@ -51,6 +51,8 @@ class Estimator(ABC):
         self.formats = tuple(i.name for i in infos)
         self.granularity, self.group_size = granularity, group_size
         self.symmetric, self.zero = symmetric, zero
+        if granularity != "layer" and any(i.family == "ggml" for i in infos):
+            raise bad("granularity", granularity, "GGML type candidates (q4_k, ...) take one type per tensor: use layer")
         self.quants = [scorer_for(f, group_size, symmetric, zero) for f in self.formats]
         self.quantizer = f"int {'sym' if symmetric else 'asym'} group-{group_size} RTN, {zero} zero-point"
         if any(i.family != "int" for i in infos):
@@ -125,8 +127,25 @@ def weighted_error(task, units: list[Unit], quants: list,
         W = layer_weight(mods[layer])
         c = np.asarray(weight_of(layer, W), dtype=np.float64)
         for k, q in enumerate(quants):
-            err = (q.fake_quant(W) - W).astype(np.float64) ** 2
+            if not feasible(q, W.shape):
+                S[idx, k] = np.inf  # a GGML type whose blocks do not tile the rows: not allowed
+                continue
+            err = (fake_quant(q, W, c) - W).astype(np.float64) ** 2
             e = err * c if c.ndim else err * float(c)
             for i in idx:
                 S[i, k] = float(units[i].block(e).sum())
     return S
+
+
+def feasible(quant, shape) -> bool:
+    """Whether `quant` can encode a weight of 2-D `shape` (GGML types need whole blocks per row)."""
+    check = getattr(quant, "feasible", None)
+    return check is None or bool(check(shape[1]))
+
+
+def fake_quant(quant, W: np.ndarray, c=None) -> np.ndarray:
+    """Q(W); quantizers with an importance-aware encoder (GGML K-quants) get a per-input-column
+    weight `c: (in,)` as llama.cpp's imatrix (E[x_j²]) for their scale search."""
+    if getattr(quant, "qtype", None) is not None and c is not None and np.ndim(c) == 1:
+        return quant.fake_quant(W, importance=np.asarray(c, dtype=np.float32))
+    return quant.fake_quant(W)

@@ -25,7 +25,7 @@ from bitalloc.errors import BitallocError, bad
 from bitalloc.profile import Profile
 from bitalloc.units import Unit
 from bitalloc.sensitivity import register
-from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, layer_weight
+from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, feasible, layer_weight
 
 
 @register("measured")
@@ -95,10 +95,14 @@ class MeasuredEstimator(Estimator):
                 if cached is None or cached[0] != u.layer:  # units come in layer order: one layer at a time
                     W = layer_weight(mod)
                     cached = (u.layer, [torch.from_numpy(q.fake_quant(W)).to(weight.device, weight.dtype)
-                                        for q in self.quants])
+                                        if feasible(q, W.shape) else None for q in self.quants])
                 orig = weight.detach().clone()
                 try:
                     for k, wq in enumerate(cached[1]):
+                        if wq is None:  # a GGML type whose blocks do not tile the rows: not allowed
+                            S[i, k] = np.inf
+                            done += 1
+                            continue
                         patched = orig.reshape(orig.shape[0], -1).clone()
                         u.block(patched).copy_(u.block(wq))
                         with torch.no_grad():
