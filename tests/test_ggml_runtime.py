@@ -358,3 +358,29 @@ def test_llamacpp_quantizer_writes_the_same_types(profile, tiny, tmp_path):
     check = lc.requantize_check(src, ours, tmp_path / "theirs.gguf")
     assert check["same_types"], check["types_differ"]
     assert check["tensor_bytes_ours"] == check["tensor_bytes_llamacpp"]
+
+
+def test_cli_verify_runtime_input_errors(tmp_path, capsys):
+    from bitalloc.cli.app import main
+
+    assert main(["verify", "--model", "smollm2", "--runtime", "llama.cpp"]) == 2
+    assert main(["verify", "--model", "smollm2", "--runtime", "llama.cpp", "--gguf", str(tmp_path / "none.gguf")]) == 2
+    assert main(["verify", "--model", "minilm", "--runtime", "llama.cpp", "--gguf", str(tmp_path / "none.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--gguf" in err
+
+
+def test_llamacpp_verify_cli_on_exported_files(profile, tiny, tmp_path):
+    """`runtime_report` pairs files on the same windows (the tiny vocabulary: random-token windows)."""
+    lc = _llamacpp()
+    _, src = tiny
+    small, _ = _solve_mib(profile, src, 0.9)
+    big, _ = _solve_mib(profile, src, 1.6)
+    a, b = tmp_path / "small.gguf", tmp_path / "big.gguf"
+    export(small, "gguf", a, source=src)
+    export(big, "gguf", b, source=src)
+    windows = np.random.default_rng(0).integers(0, VOCAB, (6, SEQ))
+    ra, rb = lc.perplexity(a, windows), lc.perplexity(b, windows)
+    mean, se = lc.paired(ra, rb)
+    assert np.isclose(mean, float(np.mean(rb.window_nll - ra.window_nll))) and se > 0
+    assert ra.bytes < rb.bytes and np.isfinite(ra.perplexity) and np.isfinite(rb.perplexity)

@@ -65,8 +65,8 @@ def run(args) -> int:
     from bitalloc.cli._common import constraints_from_args, fit_reports, load_profile, problem_options
 
     if args.budget is None and args.budget_mib is None and not args.constraint:
-        raise bad("--budget/--constraint", None, "give --budget (bits per weight), --budget-mib (GGUF file size) "
-                  "and/or --constraint RESOURCE<=N")
+        raise bad("--budget/--constraint", None, "give --budget (bits per weight) and/or --constraint RESOURCE<=N, "
+                  "or --budget-mib (GGUF file size)")
     budgets = _budgets(args.budget) if args.budget is not None else [None]
     mib = _budgets(args.budget_mib, "--budget-mib", "MiB, e.g. 88 or 84,88,97") if args.budget_mib is not None else None
     if mib is not None and args.budget is not None and len(mib) > 1:

@@ -128,6 +128,25 @@ class LlamaCppModel:
         finally:
             ll.llama_batch_free(batch)
 
+    def piece(self, token: int) -> str:
+        """The text of one token, special tokens rendered (`<|im_end|>`)."""
+        buf = ctypes.create_string_buffer(256)
+        n = self.ll.llama_token_to_piece(self.vocab, int(token), buf, 256, 0, True)
+        return buf.raw[:max(n, 0)].decode(errors="replace")
+
+    def greedy(self, prompt: str, n: int = 16, add_special: bool = True) -> list[int]:
+        """Greedy continuation of `prompt` (tokenized as llama.cpp does, BOS only if the file's
+        `tokenizer.ggml.add_bos_token` says so), stopping after an end-of-generation token."""
+        ids = list(self.tokenize(prompt, add_special=add_special))
+        out = []
+        for _ in range(n):
+            nxt = int(self.logits(ids)[-1].argmax())
+            out.append(nxt)
+            ids.append(nxt)
+            if self.ll.llama_vocab_is_eog(self.vocab, nxt) or len(ids) >= self.n_ctx:
+                break
+        return out
+
     def window_nll(self, tokens) -> float:
         """Mean negative log-likelihood of tokens[1:] given their prefixes (nats)."""
         z = self.logits(tokens)[:-1].astype(np.float64)
@@ -260,3 +279,34 @@ def requantize_check(src, ours, dst, imatrix=None, threads: int = 2) -> dict:
     return {"same_types": not differ, "types_differ": differ, "bytes_ours": Path(ours).stat().st_size,
             "bytes_llamacpp": Path(dst).stat().st_size, "tensor_bytes_ours": tensor_data_bytes(ours),
             "tensor_bytes_llamacpp": tensor_data_bytes(dst)}
+
+
+def held_out_windows(gguf, n: int = 8, seq_len: int = 128, seed: int = 0) -> np.ndarray:
+    """(n, seq_len) held-out token windows for SmolLM2-family files: the pydoc held-out split
+    (the same text as the smollm2 task's quality), tokenized by llama.cpp with `gguf`'s vocabulary."""
+    from bitalloc.zoo.corpus import pydoc_split, token_windows
+
+    _, held = pydoc_split(seed)
+    with LlamaCppModel(gguf, n_ctx=seq_len) as m:
+        ids = m.tokenize(held)
+    return token_windows(ids, n, seq_len, seed + 1)
+
+
+def runtime_report(ggufs, n: int = 8, seq_len: int = 128, seed: int = 0, threads: int = 2, progress=None) -> dict:
+    """Perplexity in llama.cpp of each GGUF on the same held-out windows; every file after the
+    first gets its paired per-window loss difference to the first (mean, SE, nats)."""
+    ggufs = [Path(g) for g in ggufs]
+    for g in ggufs:
+        if not g.is_file():
+            raise BitallocError(f"--gguf {str(g)!r}: no such file")
+    windows = held_out_windows(ggufs[0], n, seq_len, seed)
+    res = [perplexity(g, windows, threads, progress) for g in ggufs]
+    files = []
+    for r in res:
+        d = r.to_json()
+        if r is not res[0]:
+            mean, se = paired(res[0], r)
+            d["vs_first"] = {"mean": mean, "se": se}
+        files.append(d)
+    return {"schema": "bitalloc.verify.llamacpp/1", "runtime": "llama.cpp", "windows": n, "seq_len": seq_len,
+            "seed": seed, "files": files}
