@@ -52,9 +52,13 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="docs/llamacpp_mixes")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only the files already measured (caches in --work, also side-*.json of helper runs)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    if a.report_only:
+        return report_only(work, a)
 
     from bitalloc.export import export
     from bitalloc.export.names import hf_name
@@ -144,6 +148,35 @@ def main():
     report(results, a.out, a.windows, a.seq_len)
 
 
+def _label(p: Path) -> tuple[str, str]:
+    stem = p.stem
+    if stem.startswith("llamacpp-"):
+        return "llama.cpp", f"llama.cpp {stem[9:]}"
+    if stem.startswith("uniform-"):
+        return "uniform", f"uniform {stem[8:].upper()}"
+    kind, mix = stem.rsplit("-", 1)
+    kind = kind.replace("-", " ", 1)  # bitalloc-no-Q4_1 → "bitalloc no-Q4_1", as main() names it
+    return kind, f"{kind} @{mix}"
+
+
+def report_only(work: Path, a):
+    done = {}
+    for c in [work / f"ppl-{a.windows}x{a.seq_len}.json", *sorted(work.glob("side-*.json"))]:
+        if c.exists():
+            done.update(json.loads(c.read_text()))
+    results = {}
+    for p in sorted(work.glob("*.gguf")):
+        key = f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+        if key in done:
+            kind, label = _label(p)
+            results[label] = {"kind": kind, "file": p.name, "bytes": p.stat().st_size, "nll": np.array(done[key]),
+                              "types": _type_counts(p)}
+    for label in [k for k in results if "@" in k]:  # paired only against a measured mix
+        if f"llama.cpp {label.split('@')[1]}" not in results:
+            results[label]["kind"] += " (mix not measured)"
+    report(results, a.out, a.windows, a.seq_len)
+
+
 def _type_counts(p) -> dict[str, int]:
     from bitalloc.verify.llamacpp import tensor_types
 
@@ -162,7 +195,7 @@ def report(results, out, n_windows, seq_len):
     print("|---|---:|---:|---|---|")
     for k, v in sorted(results.items(), key=lambda kv: (kv[1]["bytes"], kv[0])):
         vs = ""
-        if "@" in k:
+        if "@" in k and f"llama.cpp {k.split('@')[1]}" in results:
             ref = results[f"llama.cpp {k.split('@')[1]}"]
             d = v["nll"] - ref["nll"]
             se = d.std(ddof=1) / np.sqrt(len(d))
