@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from bitalloc.export import kquants
-from bitalloc.export.ggml_types import bpw
+from bitalloc.quant import kquants
+from bitalloc.quant.ggml_types import bpw
 from bitalloc.quant.integer import IntQuant
 
 FORMS = {"Q2_K": (IntQuant(2, 16, zero="float"), "asym g16", None),

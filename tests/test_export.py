@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from bitalloc import BitallocError
-from bitalloc.export import FORMATS, export, gptq, hqq, kquants, llamacpp
-from bitalloc.export.ggml_types import BLOCK, choose, llama_name, type_table
+from bitalloc.export import FORMATS, export, gptq, hqq, llamacpp
+from bitalloc.quant import kquants
+from bitalloc.quant.ggml_types import BLOCK, choose, llama_name, type_table
 from bitalloc.export.names import gguf_name, hf_name
 from bitalloc.quant.integer import IntQuant
 
@@ -150,9 +151,12 @@ def test_gguf_round_trip(source, tmp_path):
         assert rel < REL_ERR[by_tensor[t.name]], (t.name, rel)
     # metadata and tokenizer copied; the allocation recorded
     for key, f in src.fields.items():
-        if not key.startswith("GGUF."):
+        if not key.startswith("GGUF.") and key != "general.file_type":
             assert got.fields[key].contents() == f.contents(), key
-    assert json.loads(got.fields["bitalloc.allocation"].contents()) == BITS
+    recorded = dict(zip(got.fields["bitalloc.allocation.tensors"].contents(),
+                        [GGMLQuantizationType(t).name for t in got.fields["bitalloc.allocation.types"].contents()]))
+    assert recorded == {gguf_name(n): EXPECTED[gguf_name(n)] for n in BITS}
+    assert out.stat().st_size == res.summary["predicted_bytes"]
     assert res.summary["types"] == {t: list(EXPECTED.values()).count(t) for t in sorted(set(EXPECTED.values()))}
     assert any("written as Q4_0" in n for n in res.notes) and any("written as F16" in n for n in res.notes)
 
@@ -179,7 +183,7 @@ def test_gguf_bad_input_writes_nothing(source, tmp_path, bits, match):
 
 
 def test_gguf_failure_midway_leaves_no_file(source, tmp_path, monkeypatch):
-    def boom(w, qtype):
+    def boom(w, qtype, **kw):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(kquants, "encode", boom)

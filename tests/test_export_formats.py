@@ -85,7 +85,7 @@ def test_gguf_refuses_formats_it_cannot_express(source, tmp_path, fmt):
     with pytest.raises(BitallocError) as e:
         export(a, "gguf", tmp_path / "x.gguf", source=source)
     msg = str(e.value)
-    assert "\n" not in msg and fmt in msg and "gguf export takes integer bit-widths (int2..int8, fp16, mxfp4)" in msg
+    assert "\n" not in msg and fmt in msg and "gguf export takes integer bit-widths (int2..int8, fp16, mxfp4, fp32, q2_k" in msg
     assert list(tmp_path.iterdir()) == []
 
 

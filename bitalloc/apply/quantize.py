@@ -153,6 +153,9 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
             quant = quantizer_for(fmt, settings.group_size, settings.symmetric, settings.zero)
         except BitallocError as e:
             raise BitallocError(f"allocation unit {u.name!r} at {b} bits: {e}") from None
+        if getattr(quant, "qtype", None) is not None:
+            raise bad(f"allocation unit {u.name!r} format", fmt, "is a GGML type: write it with `bitalloc export --format gguf` "
+                      "and measure it with `bitalloc verify --runtime llama.cpp --gguf FILE`")
         if quant is not None and getattr(quant, "bits", b) != b:
             raise bad(f"allocation unit {u.name!r} format", fmt, f"has {quant.bits} bits, the allocation says {b}")
         out.append((u, b, fmt, quant))

@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
                    "are checked against it; gguf starts from its GGUF (default smollm2)")
     s.add_argument("--source", default=None, help="gguf / llama.cpp: a GGUF file to start from instead of the model's")
     s.add_argument("--type-map", default=None, metavar="BITS=TYPE,...", help="gguf / llama.cpp: GGML type overrides, e.g. 4=Q4_1")
+    s.add_argument("--imatrix", default=None, metavar="FILE", help="gguf: llama.cpp imatrix (.gguf or .dat, e.g. from "
+                   "bitalloc profile --imatrix) weighting the K-quant encoders' scale search")
     s.add_argument("--group-size", type=int, default=None, help="gptq (default 128) / hqq (default 64): weights per scale")
     s.add_argument("--round-up", action="store_const", const=True, default=None,
                    help="gptq / hqq: bit-widths the format lacks go to the next one up (noted) instead of an error")
@@ -27,7 +29,7 @@ def add_parser(sub) -> None:
     s.set_defaults(func=run)
 
 
-_OPTIONS = ("model", "source", "type_map", "group_size", "round_up", "fused", "merge")
+_OPTIONS = ("model", "source", "type_map", "group_size", "round_up", "fused", "merge", "imatrix")
 
 
 def run(args) -> int:
@@ -57,7 +59,8 @@ def run(args) -> int:
         types = ", ".join(f"{t} ×{n} ({s['bpw_by_type'][t]:g} bpw)" for t, n in s["types"].items())
         print(f"  tensor types: {types}")
         print(f"  allocated weights: {s['allocated_params']:,}; allocation {s['allocation_avg_bits']:.3f} bits/weight, "
-              f"GGUF {s['gguf_avg_bpw']:.3f} bits/weight with block scales; file {s['bytes'] / 2**20:.1f} MiB")
+              f"GGUF {s['gguf_avg_bpw']:.3f} bits/weight with block scales; file {s['bytes'] / 2**20:.3f} MiB "
+              f"({s['bytes']:,} bytes), general.file_type {s.get('file_type')}")
     return 0
 
 

@@ -19,7 +19,11 @@ def add_parser(sub) -> None:
                    help="estimator option, e.g. probes=16, outlier_fraction=0.01, units=40 (measured)")
     s.add_argument("--candidates", default=None, metavar="FMT,FMT,...",
                    help="candidate formats instead of --bits, e.g. int4,int3,fp4_e2m1,mxfp4,nvfp4,int8 "
-                        "(int<b>[_g<N>], fp8_e4m3, fp8_e5m2, fp6_e2m3, fp6_e3m2, fp4_e2m1, mxfp4, mxfp6, mxfp8, nvfp4, fp16)")
+                        "(int<b>[_g<N>], fp8_e4m3, fp8_e5m2, fp6_e2m3, fp6_e3m2, fp4_e2m1, mxfp4, mxfp6, mxfp8, nvfp4, fp16; "
+                        "GGML types for llama.cpp: q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, f16)")
+    s.add_argument("--imatrix", default=None, metavar="FILE",
+                   help="also write llama.cpp's importance matrix (sum of squared inputs per column) from the "
+                        "calibration data: FILE.gguf (llama-imatrix's format) or FILE.dat (legacy)")
     s.add_argument("--out", required=True, help="profile JSON to write (a .npz sidecar for large profiles)")
     s.set_defaults(func=run)
 
@@ -83,6 +87,10 @@ def run(args) -> int:
     if args.estimator == "lrp":
         require("zennit", why="--estimator lrp")
     check_writable(args.out, args.force)
+    if args.imatrix:
+        if kv:
+            raise bad("--imatrix", args.imatrix, "takes --kind weight")
+        check_writable(args.imatrix, args.force)
     estimator = ESTIMATORS.create(args.estimator, bits=bits, granularity=args.granularity,
                                   group_size=args.group_size, **parse_options(args.option))
     task = load_task_from_args(args)
@@ -97,6 +105,11 @@ def run(args) -> int:
 
     attach_graph(profile, task)  # one more forward pass on one sample: the layer graph for peak SRAM
     profile.save(args.out, force=args.force)
+    if args.imatrix:
+        from bitalloc.sensitivity.imatrix import collect
+
+        path = collect(task).write(args.imatrix, force=args.force)
+        print(f"wrote {path} (llama.cpp imatrix)", file=sys.stderr)
     print(f"wrote {args.out}: {profile.n_units} units x {len(profile.bits)} candidates, "
           f"{profile.meta.get('seconds', 0):.1f} s, passes: {profile.meta.get('passes', '?')}", file=sys.stderr)
     return 0

@@ -16,6 +16,10 @@ def add_parser(sub) -> None:
     s = sub.add_parser("solve", help="solve a profile under budgets")
     add_profile_arg(s)
     s.add_argument("--budget", default=None, help="average bits per weight; several: 2.5,3,3.25,4")
+    s.add_argument("--budget-mib", default=None, metavar="MIB",
+                   help="size of the exported GGUF file in MiB (GGML candidates: q4_k, q5_0, ...); several: 84,88,97")
+    s.add_argument("--source", default=None, help="with --budget-mib: the GGUF the export starts from "
+                                                   "(default: the profile's source model file)")
     add_constraint_args(s)
     s.add_argument("--solver", default=None, help="auto (default; ilp when --backend is given: exact where it proves quickly, else greedy + ILP polish, "
                    "within --time-limit, proven gap reported), ilp (exact), greedy, dmmv (min-max) or optuna")
@@ -36,13 +40,13 @@ def add_parser(sub) -> None:
     s.set_defaults(func=run)
 
 
-def _budgets(text: str) -> list[float]:
+def _budgets(text: str, flag: str = "--budget", what: str = "bits per weight, e.g. 3.25 or 2.5,3,4") -> list[float]:
     out = []
     for part in text.split(","):
         try:
             v = float(part)
         except ValueError:
-            raise bad("--budget", text, "must be a number or comma-separated numbers of bits per weight, e.g. 3.25 or 2.5,3,4") from None
+            raise bad(flag, text, f"must be a number or comma-separated numbers of {what}") from None
         out.append(v)
     if len(out) > MAX_BUDGETS:
         raise bad("--budget", f"{len(out)} budgets", f"at most {MAX_BUDGETS} in one run")
@@ -50,21 +54,33 @@ def _budgets(text: str) -> list[float]:
 
 
 MAX_BUDGETS = 1000
+def _gguf_source(source, profile):
+    """The GGUF file whose layout prices --budget-mib: --source, else the profile's source file."""
+    src = source or profile.meta.get("source")
+    if not src or not str(src).endswith(".gguf") or not Path(src).is_file():
+        raise bad("--source", source, "--budget-mib needs the GGUF the export starts from (the profile names none "
+                  "that exists here)")
+    return src
 
 
 def run(args) -> int:
     from bitalloc import solve_budgets
     from bitalloc.fileio import dumps
-    from bitalloc.problem import Problem
+    from bitalloc.export.gguf_size import GgufSizeCost
+    from bitalloc.problem import Constraint, Problem
     from bitalloc.solvers import SOLVERS, get_solver
 
     from bitalloc.cli._common import constraints_from_args, fit_reports, load_profile, problem_options
 
-    if args.budget is None and not args.constraint:
-        raise bad("--budget/--constraint", None, "give --budget (bits per weight) and/or --constraint RESOURCE<=N")
+    if args.budget is None and args.budget_mib is None and not args.constraint:
+        raise bad("--budget/--constraint", None, "give --budget (bits per weight) and/or --constraint RESOURCE<=N, "
+                  "or --budget-mib (GGUF file size)")
     budgets = _budgets(args.budget) if args.budget is not None else [None]
     if args.stream:
         return _run_stream(args, budgets)
+    mib = _budgets(args.budget_mib, "--budget-mib", "MiB, e.g. 88 or 84,88,97") if args.budget_mib is not None else None
+    if mib is not None and args.budget is not None and len(mib) > 1:
+        raise bad("--budget-mib", args.budget_mib, "takes one size when --budget is given too")
     constraints = constraints_from_args(args)
     if args.solver is None:
         args.solver = "ilp" if args.backend is not None else "auto"
@@ -91,6 +107,11 @@ def run(args) -> int:
 
     profile = load_profile(args.profile)
     kw = dict(problem_options(args, profile), objective=args.objective or ("max" if args.solver == "dmmv" else "sum"))
+    if mib is not None:
+        size = Constraint(GgufSizeCost(source=_gguf_source(args.source, profile)), mib[0])
+        constraints = [*constraints, size] if args.budget is not None else [size, *constraints]
+        if args.budget is None:
+            budgets = mib
     if args.budget is not None:
         problem = Problem.average_bits(profile, budgets[0], count_overhead=args.count_overhead, **kw)
         problem = replace(problem, constraints=[*problem.constraints, *constraints])

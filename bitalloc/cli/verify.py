@@ -14,8 +14,43 @@ def add_parser(sub) -> None:
     s.add_argument("--baselines", action="store_true", help="also uniform (floor/ceil bits) and random allocations")
     s.add_argument("--seeds", type=int, default=3, help="random baselines (3)")
     s.add_argument("--held-out", type=int, default=None, help="held-out sequences / sentences (model default)")
+    s.add_argument("--runtime", default="torch", choices=("torch", "llama.cpp"),
+                   help="torch (default): apply the allocation in the model; llama.cpp: load --gguf file(s) in "
+                        "llama.cpp and measure perplexity there (needs the llamacpp extra)")
+    s.add_argument("--gguf", action="append", default=[], metavar="FILE",
+                   help="with --runtime llama.cpp: GGUF file(s) on the same held-out windows; files after the first "
+                        "get the paired loss difference to it (repeatable)")
+    s.add_argument("--threads", type=int, default=2, help="llama.cpp threads (2)")
     s.add_argument("--out", help="report JSON (default: <allocation>.verify.json)")
     s.set_defaults(func=run)
+
+
+def run_llamacpp(args) -> int:
+    from bitalloc.errors import bad
+    from bitalloc.fileio import atomic_write, check_writable, dumps
+    from bitalloc.verify import llamacpp
+
+    if not args.gguf:
+        raise bad("--gguf", None, "--runtime llama.cpp needs at least one --gguf FILE")
+    if args.model != "smollm2":
+        raise bad("--model", args.model, "--runtime llama.cpp measures language models: smollm2")
+    for g in args.gguf:
+        if not Path(g).is_file():
+            raise bad("--gguf", g, "no such file")
+    if args.threads < 1:
+        raise bad("--threads", args.threads, "must be at least 1")
+    out = Path(args.out) if args.out else Path(args.gguf[0]).with_suffix(".llamacpp.json")
+    check_writable(out, args.force)
+    llamacpp.library()  # not installed: one line before any work
+    report = llamacpp.runtime_report(args.gguf, args.held_out or 8, args.seq_len, args.seed, args.threads)
+    print(f"llama.cpp, {report['windows']} held-out windows x {report['seq_len']} tokens")
+    print("| file | MiB | perplexity | vs first: dloss +- SE (nats) |\n|---|---:|---:|---|")
+    for f in report["files"]:
+        vs = f"{f['vs_first']['mean']:+.4f} +- {f['vs_first']['se']:.4f}" if "vs_first" in f else ""
+        print(f"| {f['file']} | {f['bytes'] / 2**20:.2f} | {f['perplexity']:.3f} | {vs} |")
+    atomic_write(out, dumps(report), force=True)
+    print(f"wrote {out}")
+    return 0
 
 
 def run(args) -> int:
@@ -28,6 +63,10 @@ def run(args) -> int:
     from bitalloc.verify.budgets import verify
 
     kw = check_quant_args(args)
+    if args.runtime == "llama.cpp":
+        return run_llamacpp(args)
+    if args.gguf:
+        raise bad("--gguf", args.gguf[0], "is measured with --runtime llama.cpp")
     if not args.allocation and not args.packed:
         raise bad("--allocation", None, "give --allocation, --packed, or both")
     if args.seeds < 1:

@@ -13,7 +13,7 @@ import re
 
 from bitalloc.export import register
 from bitalloc.export.base import TextExporter
-from bitalloc.export.ggml_types import choose, llama_name, parse_type_map, type_table
+from bitalloc.quant.ggml_types import choose, llama_name, parse_type_map, type_table
 from bitalloc.export.names import gguf_names, gguf_row_lengths, model_names, source_gguf
 
 

@@ -6,7 +6,8 @@ COST_MODELS = Registry("cost model", {"memory": "bitalloc.hwcost.memory",
                                       "measured": "bitalloc.hwcost.latency",
                                       "mcu": "bitalloc.hwcost.mcu",
                                       "fpga": "bitalloc.hwcost.fpga",
-                                      "kv_memory": "bitalloc.hwcost.kv_memory"})
+                                      "kv_memory": "bitalloc.hwcost.kv_memory",
+                                      "gguf_size": "bitalloc.export.gguf_size"})
 register = COST_MODELS.register
 
 

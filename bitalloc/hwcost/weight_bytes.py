@@ -5,7 +5,7 @@
 - minifloat formats (per-group FP, OCP MX, NVFP4): the format's exact storage for the layer's
   (rows, cols) weights, `storage_bits / 8` of its quantizer: element codes plus its scales (an
   FP32 scale per group of `group_size` inputs, an E8M0 byte per 32, an E4M3 byte per 16 plus the
-  FP32 tensor scale), so the bytes moved follow storage;
+  FP32 tensor scale), so the bytes moved follow storage; GGML types (q4_k ...) likewise, their blocks;
 - kept floats (fp16/bf16/fp32) and format names bitalloc does not know: n_params · bits / 8
   (unknown `int…` labels also get the channel scales).
 """
@@ -31,8 +31,8 @@ def layer_weight_bytes(profile, lv, k: int, channel_scale_bytes: float = 4) -> n
 
     info, b = require(profile.format_objects[k], "its storage in bytes"), profile.bits[k]
     fam = info.family
-    if fam in MINIFLOAT:
-        q = quantizer_for(info, int(profile.meta.get("group_size", 128)))
+    if fam in MINIFLOAT or fam == "ggml":
+        q = quantizer_for(info if fam != "ggml" else profile.formats[k], int(profile.meta.get("group_size", 128)))
         return np.asarray(q.storage_bits(lv.rows, lv.cols), dtype=np.float64) / 8
     out = lv.n_params * b / 8
     return out + channel_scale_bytes * lv.rows if fam == "int" else out

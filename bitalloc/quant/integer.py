@@ -176,7 +176,7 @@ def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def fake_quant_tensor(quant, w):
+def fake_quant_tensor(quant, w, importance=None):
     """`quant.fake_quant` of a torch (rows, cols) float32 tensor, as a tensor on w's device: computed
     there by quantizers that take torch tensors (`torch_native`, the integer grids), through numpy
     on the CPU for the others (minifloat, MX, NVFP4, kept floats)."""
@@ -184,13 +184,17 @@ def fake_quant_tensor(quant, w):
 
     if getattr(quant, "torch_native", False):
         return quant.fake_quant(w)
-    return torch.from_numpy(np.ascontiguousarray(quant.fake_quant(w.detach().float().cpu().numpy()),
-                                                 dtype=np.float32)).to(w.device)
+    W = w.detach().float().cpu().numpy()
+    if importance is not None:  # GGML K-quants: a per-input-column weight for the scale search (imatrix)
+        Q = quant.fake_quant(W, importance=np.asarray(importance.detach().float().cpu().numpy(), dtype=np.float32))
+    else:
+        Q = quant.fake_quant(W)
+    return torch.from_numpy(np.ascontiguousarray(Q, dtype=np.float32)).to(w.device)
 
 
 def quantizer_for(fmt, group_size: int | None = 128, symmetric: bool = False, zero: str = "int"):
     """The quantizer of a candidate's number format (`Profile.formats[k]`, e.g. `int4`, `fp4_e2m1`,
-    `mxfp4`, `nvfp4`; names in bitalloc/quant/formats/spec.py).
+    `mxfp4`, `nvfp4`, GGML types `q4_k`; names in bitalloc/quant/formats/spec.py).
 
     The one entry point estimators, `apply` and `verify` use, so a candidate is scored, applied and
     checked by the same code. group_size: input columns per scale of `int` and per-group `fp`
@@ -207,6 +211,10 @@ def quantizer_for(fmt, group_size: int | None = 128, symmetric: bool = False, ze
         return None
     if info.family == "int":
         return IntQuant(info.bits, info.block or group_size, symmetric, zero)
+    if info.family == "ggml":
+        from bitalloc.quant.formats.ggml import GgmlType, type_of_format
+
+        return GgmlType(type_of_format(info.name))
     from bitalloc.quant.formats.minifloat import ELEMENTS
 
     element = ELEMENTS[info.element]

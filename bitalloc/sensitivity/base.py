@@ -51,6 +51,8 @@ class Estimator(ABC):
         self.formats = tuple(i.name for i in infos)
         self.granularity, self.group_size = granularity, group_size
         self.symmetric, self.zero = symmetric, zero
+        if granularity != "layer" and any(i.family == "ggml" for i in infos):
+            raise bad("granularity", granularity, "GGML type candidates (q4_k, ...) take one type per tensor: use layer")
         self.format_objects = infos  # parsed once; the scorers are built from them
         self.quants = [scorer_for(i, group_size, symmetric, zero) for i in infos]
         self.quantizer = f"int {'sym' if symmetric else 'asym'} group-{group_size} RTN, {zero} zero-point"
@@ -143,7 +145,11 @@ def weighted_error(task, units: list[Unit], quants: list, weight_of: Callable) -
             raise bad("units of layer", layer, "a whole-layer unit must be the layer's only unit")
         out = torch.zeros(n_seg, len(quants), dtype=acc, device=W.device)
         for k, q in enumerate(quants):
-            d = (fake_quant_tensor(q, W) - W).to(acc)
+            if not feasible(q, W.shape):
+                out[:, k] = float("inf")  # a GGML type whose blocks do not tile the rows: not allowed
+                continue
+            imp = c if getattr(q, "qtype", None) is not None and torch.is_tensor(c) and c.ndim == 1 else None
+            d = (fake_quant_tensor(q, W, importance=imp) - W).to(acc)
             e = d * d * c
             if axis is None:
                 out[0, k] = e.sum()
@@ -171,3 +177,17 @@ def _segments(units: list[Unit], shape, device):
         a, b = u.index
         seg[a:b] = j
     return seg.to(device), len(units) + 1, axis  # the extra last segment: rows/columns of no unit
+
+
+def feasible(quant, shape) -> bool:
+    """Whether `quant` can encode a weight of 2-D `shape` (GGML types need whole blocks per row)."""
+    check = getattr(quant, "feasible", None)
+    return check is None or bool(check(shape[1]))
+
+
+def fake_quant(quant, W: np.ndarray, c=None) -> np.ndarray:
+    """Q(W) in numpy; quantizers with an importance-aware encoder (GGML K-quants) get a per-input-column
+    weight `c: (in,)` as llama.cpp's imatrix (E[x_j²]) for their scale search."""
+    if getattr(quant, "qtype", None) is not None and c is not None and np.ndim(c) == 1:
+        return quant.fake_quant(W, importance=np.asarray(c, dtype=np.float32))
+    return quant.fake_quant(W)

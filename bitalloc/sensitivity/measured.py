@@ -25,7 +25,7 @@ from bitalloc.errors import BitallocError, bad
 from bitalloc.profile import Profile
 from bitalloc.units import Unit
 from bitalloc.sensitivity import register
-from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator
+from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, feasible
 
 
 @register("measured")
@@ -97,10 +97,15 @@ class MeasuredEstimator(Estimator):
                 weight = mod.weight
                 if cached is None or cached[0] != u.layer:  # units come in layer order: one layer at a time
                     W = weight2d(mod).detach().float()  # on the layer's device; quantized there
-                    cached = (u.layer, [fake_quant_tensor(q, W).to(weight.dtype) for q in self.quants])
+                    cached = (u.layer, [fake_quant_tensor(q, W).to(weight.dtype) if feasible(q, W.shape) else None
+                                        for q in self.quants])
                 orig = weight.detach().clone()
                 try:
                     for k, wq in enumerate(cached[1]):
+                        if wq is None:  # a GGML type whose blocks do not tile the rows: not allowed
+                            S[i, k] = np.inf
+                            done += 1
+                            continue
                         patched = orig.clone()
                         u.block(as_2d(mod, patched)).copy_(u.block(wq))  # a view: writes into patched
                         with torch.no_grad():

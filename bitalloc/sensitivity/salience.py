@@ -35,7 +35,8 @@ import numpy as np
 from bitalloc.errors import BitallocError, bad
 from bitalloc.profile import Profile
 from bitalloc.sensitivity import register
-from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, layer_weight, units_by_layer, weighted_error
+from bitalloc.sensitivity.base import (DEFAULT_BITS, Estimator, fake_quant, feasible, layer_weight, units_by_layer,
+                                       weighted_error)
 
 MODES = ("diag", "obs", "exact")
 
@@ -224,7 +225,10 @@ def exact_error(task, units, quants, stats: dict[str, Moments]) -> np.ndarray:
         G = H.shape[0]
         rows = [slice(g * (W.shape[0] // G), (g + 1) * (W.shape[0] // G)) for g in range(G)]
         for k, q in enumerate(quants):
-            D = q.fake_quant(W) - W  # float32
+            if not feasible(q, W.shape):
+                S[idx, k] = np.inf
+                continue
+            D = fake_quant(q, W, np.diagonal(H, axis1=1, axis2=2).mean(0)) - W  # float32
             per_row = None
             for i in idx:
                 u = units[i]

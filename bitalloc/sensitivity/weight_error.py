@@ -11,7 +11,7 @@ import numpy as np
 from bitalloc.profile import Profile
 from bitalloc.units import Unit
 from bitalloc.sensitivity import register
-from bitalloc.sensitivity.base import Estimator, weighted_error
+from bitalloc.sensitivity.base import Estimator, feasible, weighted_error
 
 
 @register("weight_error")
@@ -34,7 +34,7 @@ class WeightErrorEstimator(Estimator):
         for name, w, macs in layers:
             w = np.asarray(w, dtype=np.float32).reshape(w.shape[0], -1)
             units.append(Unit(name, name, n_params=int(w.size), macs=int(macs), shape=tuple(w.shape)))
-            rows.append([q.error(w) for q in self.quants])
+            rows.append([q.error(w) if feasible(q, w.shape) else np.inf for q in self.quants])
             if progress is not None:
                 progress(name)
         info = {"estimator": self.name, "granularity": "layer", "group_size": self.group_size,

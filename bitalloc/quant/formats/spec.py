@@ -4,7 +4,9 @@ Names (case-sensitive): `int{b}` (b = 1..16) and `int{b}_g{N}` (integer, group N
 estimator's group size); `fp8_e4m3`, `fp8_e5m2`, `fp6_e2m3`, `fp6_e3m2`, `fp4_e2m1` (minifloat
 with a per-group FP32 absmax scale; `_g{N}` allowed); `mxfp4`, `mxfp6_e2m3`, `mxfp6_e3m2`,
 `mxfp8_e4m3`, `mxfp8_e5m2` (OCP MX; `mxfp6` = E2M3, `mxfp8` = E4M3); `nvfp4`; `fp16`, `bf16`,
-`fp32` (kept in floating point). A bare bit-width `4` means `int4` (`16` means `fp16`).
+`fp32` (kept in floating point; `f16`/`f32` are aliases); the GGML types `q2_k`, `q3_k`, `q4_0`,
+`q4_1`, `q4_k`, `q5_0`, `q5_1`, `q5_k`, `q6_k`, `q8_0` (llama.cpp's runtime formats, formats/ggml.py).
+A bare bit-width `4` means `int4` (`16` means `fp16`).
 """
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ from dataclasses import dataclass
 
 from bitalloc.errors import bad
 
-FAMILIES = ("int", "fp", "mx", "nvfp4", "float", "external")
+FAMILIES = ("int", "fp", "mx", "nvfp4", "float", "ggml", "external")
 KEPT = {"fp16": 16, "bf16": 16, "fp32": 32}
+ALIASES = {"f16": "fp16", "f32": "fp32"}
 MX_DEFAULT = {4: "e2m1", 6: "e2m3", 8: "e4m3"}
 _ELEMENT_BITS = {"e2m1": 4, "e2m3": 6, "e3m2": 6, "e4m3": 8, "e5m2": 8}
 _INT = re.compile(r"int(\d+)(?:_g(\d+))?")
 _FP = re.compile(r"fp(\d+)_(e\dm\d)(?:_g(\d+))?")
 _MX = re.compile(r"mxfp(\d+)(?:_(e\dm\d))?")
 KNOWN = ("int1..int16 (optionally _g<N>), fp8_e4m3, fp8_e5m2, fp6_e2m3, fp6_e3m2, fp4_e2m1 (optionally _g<N>), "
-         "mxfp4, mxfp6[_e2m3|_e3m2], mxfp8[_e4m3|_e5m2], nvfp4, fp16, bf16, fp32")
+         "mxfp4, mxfp6[_e2m3|_e3m2], mxfp8[_e4m3|_e5m2], nvfp4, fp16, bf16, fp32, "
+         "GGML types q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0")
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ class FormatInfo:
     by name instead of guessing); bits: bits per element (the candidate's nominal bits);
     element: minifloat element name (`e2m1` ...) or None; block: input columns per scale fixed by
     the format (MX 32, NVFP4 16, `_g<N>`), or None (the estimator's group size); scale: how the
-    scale is stored (`fp16 scale + fp16/int zero`, `fp32`, `e8m0`, `e4m3 + fp32 per tensor`)."""
+    scale is stored (`fp16 scale + fp16/int zero`, `fp32`, `e8m0`, `e4m3 + fp32 per tensor`);
+    family `ggml`: a GGML tensor type (block = weights per block, 32 or 256)."""
 
     name: str
     family: str
@@ -54,8 +59,16 @@ def parse_format(fmt) -> FormatInfo:
         fmt = "fp16" if b == 16 else "fp32" if b == 32 else f"int{b}"
     if not isinstance(fmt, str):
         raise bad("format", fmt, f"known formats: {KNOWN}")
+    fmt = ALIASES.get(fmt, fmt)
     if fmt in KEPT:
         return FormatInfo(fmt, "float", KEPT[fmt])
+    from bitalloc.quant.formats.ggml import GGML_FORMATS
+
+    if fmt in GGML_FORMATS:
+        from bitalloc.quant.formats.ggml import GgmlType
+
+        t = GgmlType(GGML_FORMATS[fmt][0])
+        return FormatInfo(fmt, "ggml", t.bits, None, t.block, f"GGML {t.qtype} blocks ({t.bpw:g} bits/weight)")
     if m := _INT.fullmatch(fmt):
         b, g = int(m[1]), _group(m[2], fmt)
         if not 1 <= b <= 16:

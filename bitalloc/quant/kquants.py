@@ -12,10 +12,15 @@ documented block layouts (ggml-common.h; one super-block = QK_K = 256 weights of
 | Q6_K | 210 | 6.5625 | ql[128] (low 4 bits) · qh[64] (high 2 bits) · scales[16] (int8 per 16) · d f16 |
 
 Decoded weight: Q2_K/Q4_K/Q5_K `d·sc·q − dmin·m` (asymmetric, q ≥ 0); Q3_K/Q6_K `d·sc·q`
-with signed q. The scale search follows ggml's reference encoders (no importance matrix):
-an affine least-squares fit over a sweep of candidate inverse scales for the asymmetric types,
-a weighted symmetric fit over ±0.9 around the max for the symmetric ones, then the sub-block
-scales are themselves quantized and the weights re-rounded with the stored scales.
+with signed q. The scale search follows ggml's reference encoders: an affine least-squares fit
+over a sweep of candidate inverse scales for the asymmetric types, a weighted symmetric fit over
+±0.9 around the max for the symmetric ones, then the sub-block scales are themselves quantized
+and the weights re-rounded with the stored scales. With an importance matrix (llama.cpp's
+imatrix, E[x_j²] per input column) the fits weight each weight's error as ggml's
+`quantize_row_*_impl` do: qw·sqrt(σ² + x²) (Q2_K…Q5_K, σ² from the super-block's mean x²; the
+wider sweep −0.9 + 0.05·i, i ≤ 36, of make_qkx3_quants for the asymmetric types) and qw alone
+for Q6_K. One simplification: the sub-block scales are then quantized without ggml's weighted
+make_qp_quants refit.
 """
 from __future__ import annotations
 
@@ -26,16 +31,33 @@ TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 _CHUNK = 16384  # super-blocks encoded at once (bounds temporary memory to ~100 MB)
 
 
-def encode(w: np.ndarray, qtype: str) -> np.ndarray:
-    """`w: (rows, cols)` float, cols a multiple of 256 → uint8 (rows, cols/256 · bytes per block)."""
+def encode(w: np.ndarray, qtype: str, importance: np.ndarray | None = None) -> np.ndarray:
+    """`w: (rows, cols)` float, cols a multiple of 256 → uint8 (rows, cols/256 · bytes per block).
+    importance: optional (cols,) non-negative weight of each input column (llama.cpp's imatrix,
+    E[x_j²]); it weights the scale search as ggml's `quantize_row_*_impl` with quant_weights."""
     w = np.asarray(w, dtype=np.float32)
     if qtype not in _ENCODERS:
         raise ValueError(f"{qtype} is not a K-quant type ({', '.join(TYPES)})")
     if w.ndim != 2 or w.shape[1] % QK_K:
         raise ValueError(f"{qtype} needs rows of a multiple of {QK_K} weights, got shape {w.shape}")
     blocks = w.reshape(-1, QK_K)
-    out = [_ENCODERS[qtype](blocks[i:i + _CHUNK]) for i in range(0, len(blocks), _CHUNK)]
+    qw = None
+    if importance is not None:
+        imp = np.asarray(importance, dtype=np.float32).reshape(-1)
+        if imp.shape != (w.shape[1],) or not np.isfinite(imp).all() or (imp < 0).any():
+            raise ValueError(f"importance must be {w.shape[1]} finite non-negative values, got shape {imp.shape}")
+        per_row = imp.reshape(-1, QK_K)  # (blocks per row, 256), the same for every row
+        qw = np.broadcast_to(per_row[None], (w.shape[0], *per_row.shape)).reshape(-1, QK_K)
+    out = [_ENCODERS[qtype](blocks[i:i + _CHUNK], None if qw is None else qw[i:i + _CHUNK])
+           for i in range(0, len(blocks), _CHUNK)]
     return np.concatenate(out).reshape(w.shape[0], -1)
+
+
+def _imatrix_weights(x, qw, sub, sigma_scale):
+    """ggml's error weights with an importance matrix: qw · sqrt(σ² + x²), σ² = sigma_scale ·
+    mean(x²) over the super-block; x, qw (nb, 256) → (nb · 256/sub, sub)."""
+    sigma2 = sigma_scale * (x * x).mean(1, keepdims=True)
+    return (qw * np.sqrt(sigma2 + x * x)).reshape(-1, sub)
 
 
 # ---- scale fits, one row of `x` per sub-block -------------------------------------------------
@@ -87,14 +109,14 @@ def _affine_fit(x, w, nmax, rmin, rdelta, nstep, mad):
     return scale.astype(np.float32), (-mn).astype(np.float32)
 
 
-def _symmetric_fit(x, nmax):
-    """Best scale with x ≈ scale·L, L in −nmax..nmax−1, weights x² (ggml make_qx_quants, rmse 1),
-    over inverse scales −(nmax + 0.1·i)/max, i = −9..9, max the entry of largest |x|. (B,)."""
+def _symmetric_fit(x, nmax, w=None):
+    """Best scale with x ≈ scale·L, L in −nmax..nmax−1, weights x² (ggml make_qx_quants, rmse 1)
+    or `w`, over inverse scales −(nmax + 0.1·i)/max, i = −9..9, max the entry of largest |x|. (B,)."""
     imax = np.abs(x).argmax(1)
     mx = np.take_along_axis(x, imax[:, None], 1)[:, 0]
     zero = np.abs(mx) < 1e-15
     mx = np.where(zero, 1, mx)
-    w = x * x
+    w = x * x if w is None else w
     wx = w * x
     best_scale = np.zeros(len(x), np.float32)
     best = np.zeros(len(x))
@@ -177,10 +199,13 @@ def _pack_k4_scales(ls, lm):
 
 
 # ---- the five types ---------------------------------------------------------------------------
-def _q2_k(x):
+def _q2_k(x, qw=None):
     nb = len(x)
     sub = x.reshape(nb * 16, 16)
-    scale, mn = _affine_fit(sub, np.abs(sub), 3, -0.5, 0.1, 15, mad=True)
+    if qw is None:
+        scale, mn = _affine_fit(sub, np.abs(sub), 3, -0.5, 0.1, 15, mad=True)
+    else:
+        scale, mn = _affine_fit(sub, _imatrix_weights(x, qw, 16, 1.0), 3, -0.9, 0.05, 36, mad=False)
     d, ls, d_bytes = _quantize_scales(scale.reshape(nb, 16), 15)
     dm, lm, dm_bytes = _quantize_scales(mn.reshape(nb, 16), 15)
     step = d[:, None] * ls
@@ -188,9 +213,10 @@ def _q2_k(x):
     return np.concatenate([ls | (lm << 4), _pack_2bit(L), d_bytes, dm_bytes], axis=1)
 
 
-def _q3_k(x):
+def _q3_k(x, qw=None):
     nb = len(x)
-    scale = _symmetric_fit(x.reshape(nb * 16, 16), 4).reshape(nb, 16)
+    w = None if qw is None else _imatrix_weights(x, qw, 16, 2.0)
+    scale = _symmetric_fit(x.reshape(nb * 16, 16), 4, w).reshape(nb, 16)
     d, q, d_bytes = _signed_super(scale, 32)
     L = (_signed_levels(x.reshape(nb, 16, 16), d[:, None] * q, 4) + 4).reshape(nb, 256)
     l6 = (q + 32).astype(np.uint8)
@@ -201,31 +227,35 @@ def _q3_k(x):
     return np.concatenate([_pack_bitplane(L > 3), _pack_2bit(L & 3), sc, d_bytes], axis=1)
 
 
-def _k4_fit(x, nmax, rmin, nstep):
+def _k4_fit(x, nmax, rmin, nstep, qw=None):
     nb = len(x)
     sub = x.reshape(nb * 8, 32)
-    av = np.sqrt((sub * sub).mean(1, keepdims=True))
-    scale, mn = _affine_fit(sub, av + np.abs(sub), nmax, rmin, 0.1, nstep, mad=False)
+    if qw is None:
+        av = np.sqrt((sub * sub).mean(1, keepdims=True))
+        scale, mn = _affine_fit(sub, av + np.abs(sub), nmax, rmin, 0.1, nstep, mad=False)
+    else:  # ggml with quant_weights: make_qkx3_quants(-0.9, 0.05, 36)
+        scale, mn = _affine_fit(sub, _imatrix_weights(x, qw, 32, 2.0), nmax, -0.9, 0.05, 36, mad=False)
     d, ls, d_bytes = _quantize_scales(scale.reshape(nb, 8), 63)
     dm, lm, dm_bytes = _quantize_scales(mn.reshape(nb, 8), 63)
     L = _requant(x.reshape(nb, 8, 32), d[:, None] * ls, dm[:, None] * lm, 0, nmax).reshape(nb, 256)
     return L, np.concatenate([d_bytes, dm_bytes, _pack_k4_scales(ls, lm)], axis=1)
 
 
-def _q4_k(x):
-    L, head = _k4_fit(x, 15, -1.0, 20)
+def _q4_k(x, qw=None):
+    L, head = _k4_fit(x, 15, -1.0, 20, qw)
     return np.concatenate([head, _pack_nibbles(L)], axis=1)
 
 
-def _q5_k(x):
-    L, head = _k4_fit(x, 31, -0.5, 15)
+def _q5_k(x, qw=None):
+    L, head = _k4_fit(x, 31, -0.5, 15, qw)
     high = L.reshape(-1, 4, 2, 32) >> 4  # bit 2c + h of qh[j] ← weight 64c + 32h + j
     return np.concatenate([head, _pack_bitplane(high.reshape(-1, 256)), _pack_nibbles(L & 0xF)], axis=1)
 
 
-def _q6_k(x):
+def _q6_k(x, qw=None):
     nb = len(x)
-    scale = _symmetric_fit(x.reshape(nb * 16, 16), 32).reshape(nb, 16)
+    w = None if qw is None else qw.reshape(nb * 16, 16)  # ggml: the importance alone
+    scale = _symmetric_fit(x.reshape(nb * 16, 16), 32, w).reshape(nb, 16)
     d, q, d_bytes = _signed_super(scale, 128)
     q = np.minimum(q, 127)
     L = (_signed_levels(x.reshape(nb, 16, 16), d[:, None] * q, 32) + 32).astype(np.uint8).reshape(nb, 2, 4, 32)  # [half, k, l] = 128h + 32k + l
