@@ -1,0 +1,95 @@
+"""Block replay for `measured` on a tiny random Llama: the same loss increase and KL as full
+reruns of the task's loss, both scores in the profile, fallbacks and option checks."""
+
+import numpy as np
+import pytest
+
+from bitalloc import BitallocError
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+VOCAB = 80
+
+
+def tiny_llama_task(seed: int = 0, layers: int = 3, batches: int = 2, seq: int = 24):
+    """A 3-block random Llama as a causal-LM Task (loss = the model's own next-token loss, with a
+    DynamicCache as the default config makes), two calibration batches of 2 sequences."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bitalloc.models.task import Task
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                      initializer_range=0.2)
+    model = LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    calib = [torch.randint(0, VOCAB, (2, seq), generator=g) for _ in range(batches)]
+    names = [f"model.layers.{i}.{m}" for i in range(layers) for m in
+             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    mods = dict(model.named_modules())
+
+    def loss(m, b):
+        return m(input_ids=b, labels=b).loss
+
+    return Task("tiny-llama", model, calib, calib, names, loss, lambda m: {}, {n: mods[n].weight.numel() for n in names},
+                meta={"model": "tiny-llama", "samples": 2 * batches})
+
+
+@pytest.fixture(scope="module")
+def task():
+    return tiny_llama_task()
+
+
+def _est(method, **kw):
+    from bitalloc.sensitivity import get_estimator
+
+    return get_estimator("measured", bits=(2, 3, 4, 8), group_size=16, method=method, **kw)
+
+
+def test_block_replay_equals_full_rerun(task):
+    units = ["model.layers.0.*", "model.layers.1.self_attn.v_proj", "model.layers.2.mlp.*"]  # first, middle, last block
+    full = _est("full", units=units).estimate(task)
+    rep = _est("replay", units=units, max_rows=100).estimate(task)  # 100 rows: 2 of the 4 candidates per stacked run
+    assert rep.meta["method"] == "replay" and full.meta["method"] == "full"
+    for key in ("loss_increase", "kl"):
+        a, b = np.array(rep.extra[key]), np.array(full.extra[key])
+        assert a.shape == (11, 4) and np.isfinite(a).all()
+        assert np.abs(a).max() > 1e-3  # real, non-trivial effects
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(rep.sensitivity, full.sensitivity, rtol=1e-4, atol=2e-6)
+    assert rep.meta["forward_equivalents"] < full.meta["forward_equivalents"]
+    # the weights are restored exactly
+    again = _est("replay", units=units).estimate(task)
+    np.testing.assert_array_equal(again.sensitivity, rep.sensitivity)
+
+
+def test_score_kl_is_the_sensitivity_and_loss_is_kept(task):
+    p = _est("auto", score="kl", units=["model.layers.1.*"]).estimate(task)
+    assert p.meta["method"] == "replay" and p.meta["score_kind"] == "kl" and p.n_units == 7
+    np.testing.assert_allclose(p.sensitivity, np.maximum(np.array(p.extra["kl"]), 0))
+    # more bits, less KL (the quantization error shrinks by ~2x per bit)
+    assert (p.sensitivity[:, 0] > p.sensitivity[:, -1]).all()
+    again = _est("auto", score="loss", units=["model.layers.1.*"]).estimate(task)
+    np.testing.assert_allclose(np.array(again.extra["kl"]), np.array(p.extra["kl"]), rtol=1e-6, atol=1e-9)
+
+
+def test_replay_falls_back_to_full_on_models_without_blocks(cnn):
+    from bitalloc.sensitivity import get_estimator
+
+    p = get_estimator("measured", bits=(2, 8), group_size=16, units=2).estimate(cnn)
+    assert p.meta["method"] == "full" and "replay_unsupported" in p.meta and "kl" not in p.extra
+    with pytest.raises(BitallocError, match="replay"):
+        get_estimator("measured", bits=(2, 8), group_size=16, units=2, method="replay").estimate(cnn)
+    with pytest.raises(BitallocError, match="score"):
+        get_estimator("measured", bits=(2, 8), group_size=16, units=2, score="kl").estimate(cnn)
+
+
+@pytest.mark.parametrize("opt", [{"method": "fast"}, {"score": "ppl"}, {"max_rows": 0}])
+def test_bad_options_name_the_field(opt):
+    from bitalloc.sensitivity import get_estimator
+
+    with pytest.raises(BitallocError, match=next(iter(opt)).split("_")[0]):
+        get_estimator("measured", **opt)
