@@ -93,3 +93,60 @@ def test_bad_options_name_the_field(opt):
 
     with pytest.raises(BitallocError, match=next(iter(opt)).split("_")[0]):
         get_estimator("measured", **opt)
+
+
+def test_local_scores_block_output_error(task):
+    from bitalloc.sensitivity import get_estimator
+
+    p = get_estimator("local", bits=(2, 4, 8), group_size=16).estimate(task)
+    assert p.n_units == 21 and np.isfinite(p.sensitivity).all()
+    assert (p.sensitivity[:, 0] > p.sensitivity[:, 1]).all() and (p.sensitivity[:, 1] > p.sensitivity[:, 2]).all()
+    assert p.meta["forward_equivalents"] < 1 + 21 * 3 / 3  # one block of three per cell, plus the head share
+    # by hand for one unit: quantize the weight and run the block
+    from bitalloc.quant.integer import scorer_for
+    mods = dict(task.model.named_modules())
+    name = "model.layers.1.mlp.down_proj"
+    w = mods[name].weight
+    orig = w.detach().clone()
+    caps = {}
+    h = mods["model.layers.1"].register_forward_hook(lambda m, a, o: caps.setdefault("out", []).append(o.detach()))
+    num = den = 0.0
+    with torch.no_grad():
+        for b in task.calib:
+            task.model(input_ids=b)
+        ref = caps.pop("out")
+        w.copy_(torch.from_numpy(scorer_for("int2", 16, False, "int").fake_quant(orig.numpy())))
+        for b in task.calib:
+            task.model(input_ids=b)
+        w.copy_(orig)
+    h.remove()
+    # the blocks before are unchanged, so the block's quantized output on the same input is caps["out"]
+    for r, q in zip(ref, caps["out"]):
+        num += float(((q - r) ** 2).sum())
+        den += float((r ** 2).sum())
+    assert p.sensitivity[p.index()[name], 0] == pytest.approx(num / den, rel=1e-4)
+
+
+def test_hybrid_rescales_per_type():
+    from bitalloc.sensitivity.hybrid import type_scales
+
+    S = np.array([[1.0, 0.1], [2.0, 0.2], [1.0, 0.5]])
+    M = np.array([[10.0, 1.0], [40.0, 4.0], [3.0, 0.0]])
+    sc = type_scales(S, M, ["a", "a", "b"])
+    np.testing.assert_allclose(sc["a"], [np.sqrt(10 * 20), np.sqrt(10 * 20)])
+    np.testing.assert_allclose(sc["b"], [3.0, 3.0])  # the zero cell is skipped: falls back to the type mean
+
+
+def test_hybrid_estimator_runs_and_keeps_base_ranking_within_type(task):
+    from bitalloc.sensitivity import get_estimator
+    from bitalloc.sensitivity.hybrid import layer_type
+
+    base = get_estimator("weight_error", bits=(2, 4), group_size=16).estimate(task)
+    p = get_estimator("hybrid", bits=(2, 4), group_size=16, base="weight_error", per_type=1).estimate(task, base_profile=base)
+    assert p.meta["measured_cells"] == 7 * 2 and set(p.meta["scales"]) == {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                                             "gate_proj", "up_proj", "down_proj"}
+    for t in p.meta["scales"]:
+        rows = [i for i, n in enumerate(p.layers) if layer_type(n) == t]
+        np.testing.assert_allclose(p.sensitivity[rows] / base.sensitivity[rows], np.tile(p.meta["scales"][t], (len(rows), 1)))
+    with pytest.raises(BitallocError, match="base"):
+        get_estimator("hybrid", base="measured")
