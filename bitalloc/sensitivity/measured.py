@@ -184,8 +184,8 @@ class MeasuredEstimator(Estimator):
         clipped = int((S[~bad_cells] < 0).sum())
         S = np.where(bad_cells, np.inf, np.maximum(S, 0.0))
         K = len(self.quants)
-        replay = type(runner).__name__ == "BlockReplay"
-        method = "replay" if replay else "full"
+        method = runner.method
+        replay = method == "replay"
         extra = {"loss_increase": _rows(loss)}
         if kl is not None:
             extra["kl"] = _rows(kl)

@@ -107,6 +107,8 @@ class BlockReplay:
     × 4 bytes); tail: also keep the reference log-probabilities for `evaluate` (False: block
     inputs/outputs only, for the `local` estimator)."""
 
+    method = "replay"
+
     def __init__(self, task, max_rows: int = 4096, chunk_rows: int = 512, tail: bool = True):
         self.task, self.max_rows, self.chunk_rows = task, max_rows, chunk_rows
         self.unsupported = None
@@ -266,6 +268,8 @@ class FullRerun:
     """The same interface as BlockReplay, by rerunning the task's whole `loss` per candidate (any
     model). KL is recorded where the model has an output head and token-id batches (its logits
     are captured with a forward hook), else it is None."""
+
+    method = "full"
 
     def __init__(self, task):
         import torch
