@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from test_block_replay import tiny_llama_task  # noqa: E402
 
-pytestmark = pytest.mark.slow  # starting Ray and its actors takes ~20 s here
+slow = pytest.mark.slow  # starting Ray and its actors takes 30-80 s per test here
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def _est(name, **kw):
     return get_estimator(name, bits=(2, 4, 8), group_size=16, **kw)
 
 
+@slow
 @pytest.mark.parametrize("name,opts", [("measured", {"score": "kl"}), ("local", {}), ("fisher", {})])
 def test_ray_equals_single_process(local_ray, name, opts):
     from bitalloc.sensitivity.ray_executor import RayExecutor
@@ -51,6 +52,7 @@ def test_ray_equals_single_process(local_ray, name, opts):
     assert seen[-1][0] == seen[-1][1] and seen[-1][1] == (21 * 3 if name != "fisher" else len(task.calib))
 
 
+@slow
 @pytest.mark.parametrize("name", ["measured", "fisher"])
 def test_a_killed_worker_has_its_cells_requeued(local_ray, name):
     from bitalloc.sensitivity.ray_executor import RayExecutor
@@ -68,3 +70,23 @@ def test_a_killed_worker_has_its_cells_requeued(local_ray, name):
     p = ex.run(_est(name), task, FACTORY, progress=progress)
     assert killed and p.meta["workers_lost"] == 1
     np.testing.assert_allclose(p.sensitivity, single.sensitivity, rtol=1e-5, atol=1e-12)
+
+
+def test_cli_refuses_ray_for_other_estimators_before_loading(tmp_path, capsys):
+    from bitalloc.cli.app import main
+
+    assert main(["profile", "--model", "smollm2", "--estimator", "hessian", "--executor", "ray",
+                 "--out", str(tmp_path / "p.json")]) == 2
+    assert "--executor ray estimator" in capsys.readouterr().err
+    assert main(["profile", "--model", "smollm2", "--estimator", "fisher", "--workers", "3",
+                 "--out", str(tmp_path / "p.json")]) == 2
+    assert "need --executor ray" in capsys.readouterr().err
+
+
+def test_executor_options_are_checked():
+    from bitalloc import BitallocError
+    from bitalloc.sensitivity.ray_executor import RayExecutor
+
+    for kw in ({"workers": 0}, {"cpus_per_worker": True}, {"restarts": -1}):
+        with pytest.raises(BitallocError, match=next(iter(kw))):
+            RayExecutor(**kw)

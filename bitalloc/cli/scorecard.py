@@ -13,11 +13,18 @@ DEFAULT_ESTIMATORS = "weight_error,hessian,fisher,lrp,salience"
 def add_parser(sub) -> None:
     s = sub.add_parser("scorecard", help="rank correlation of each estimator with the measured loss increase")
     add_model_args(s)
-    s.add_argument("--estimators", default=DEFAULT_ESTIMATORS, help=f"comma-separated ({DEFAULT_ESTIMATORS})")
+    s.add_argument("--estimators", default=DEFAULT_ESTIMATORS,
+                   help=f"comma-separated ({DEFAULT_ESTIMATORS}); also local, hybrid, hybrid:BASE (calibrate BASE)")
     s.add_argument("--measured-units", type=int, default=None,
                    help="measure only this many units, evenly spread (default: all)")
     s.add_argument("--measured", help="reuse a measured profile JSON instead of measuring again")
     s.add_argument("--save-profiles", help="folder to write each estimator's profile into")
+    s.add_argument("--reuse", action="store_true",
+                   help="load an estimator's profile from --save-profiles (MODEL.NAME.json) where it exists")
+    s.add_argument("--measured-score", default=None, choices=("loss", "kl"),
+                   help="rank against the measured loss increase or KL (both are recorded; default: the "
+                        "measured profile's own sensitivity)")
+    s.add_argument("--markdown", help="write the tables (all cells and per bit-width) to this Markdown file")
     s.add_argument("--out", required=True, help="scorecard JSON")
     s.add_argument("--plot", help="scorecard PNG")
     s.set_defaults(func=run)
@@ -27,18 +34,27 @@ def run(args) -> int:
     from bitalloc.fileio import atomic_write, check_writable, dumps
     from bitalloc.zoo.demo import load_task
     from bitalloc.profile import Profile
-    from bitalloc.report.scorecard import card_rows, markdown, plot
+    from bitalloc.report.scorecard import card_rows, markdown, measured_as, per_bit_markdown, plot
     from bitalloc.sensitivity import ESTIMATORS
 
     bits = check_model_args(args)
     names = [e.strip() for e in args.estimators.split(",") if e.strip()]
     for n in names:
-        ESTIMATORS.get(n)
+        est, _, base = n.partition(":")
+        ESTIMATORS.get(est)
+        if base and est != "hybrid":
+            raise bad("--estimators", n, "NAME:BASE is for hybrid only (hybrid:fisher)")
+        if base:
+            ESTIMATORS.get(base)
         if n == "measured":
             raise bad("--estimators", n, "measured is the reference; it is always run")
     if args.measured_units is not None and args.measured_units < 2:
         raise bad("--measured-units", args.measured_units, "must be at least 2")
     outs = [args.out] + ([args.plot] if args.plot else [])
+    if args.markdown:
+        outs.append(args.markdown)
+    if args.reuse and not args.save_profiles:
+        raise bad("--reuse", True, "needs --save-profiles (the folder to reuse profiles from)")
     for path in outs:
         check_writable(path, args.force)
     save_dir = Path(args.save_profiles) if args.save_profiles else None
@@ -55,19 +71,41 @@ def run(args) -> int:
         measured = _run(ESTIMATORS.create("measured", **common, **opts), task, "measured", args.model)
         if save_dir is not None:
             measured.save(save_dir / f"{args.model}.measured.json", force=args.force)
+    if args.measured_score:
+        measured = measured_as(measured, {"kl": "kl", "loss": "loss_increase"}[args.measured_score])
     profiles = {}
     for n in names:
-        profiles[n] = _run(ESTIMATORS.create(n, **common), task, n, args.model)
-        if save_dir is not None:
-            profiles[n].save(save_dir / f"{args.model}.{n}.json", force=args.force)
+        path = save_dir / f"{args.model}.{n.replace(':', '-')}.json" if save_dir is not None else None
+        if args.reuse and path.exists():
+            profiles[n] = Profile.load(path)
+            continue
+        est, _, base = n.partition(":")
+        if est == "hybrid":
+            opts = {"base": base} if base else {}
+            if args.measured_score:
+                opts["score"] = args.measured_score
+            h = ESTIMATORS.create("hybrid", **common, **opts)
+            update, close = progress_bar(f"{n} on {args.model}")
+            try:
+                profiles[n] = h.estimate(task, progress=update, base_profile=profiles.get(h.base))
+            finally:
+                close()
+        else:
+            profiles[n] = _run(ESTIMATORS.create(n, **common), task, n, args.model)
+        if path is not None:
+            profiles[n].save(path, force=True)
     rows = card_rows(profiles, measured)
-    title = f"{args.model}, {args.granularity}, {args.samples} samples"
+    title = f"{args.model}, {args.granularity}, {args.samples} samples" + (
+        f", vs measured {args.measured_score}" if args.measured_score else "")
     atomic_write(args.out, dumps({"schema": "bitalloc.report.scorecard/1", "model": args.model, "granularity":
                                   args.granularity, "samples": args.samples, "seq_len": args.seq_len,
                                   "seed": args.seed, "rows": rows}), args.force)
     if args.plot:
         plot(rows, profiles, measured, title, args.plot)
-    print(markdown(rows, title))
+    text = markdown(rows, title) + "\n\nSpearman across units per bit-width:\n\n" + per_bit_markdown(rows, measured.bits)
+    if args.markdown:
+        atomic_write(args.markdown, text + "\n", args.force)
+    print(text)
     return 0
 
 
