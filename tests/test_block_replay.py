@@ -150,3 +150,23 @@ def test_hybrid_estimator_runs_and_keeps_base_ranking_within_type(task):
         np.testing.assert_allclose(p.sensitivity[rows] / base.sensitivity[rows], np.tile(p.meta["scales"][t], (len(rows), 1)))
     with pytest.raises(BitallocError, match="base"):
         get_estimator("hybrid", base="measured")
+
+
+def test_additivity_single_unit_allocation_is_exact(task):
+    from bitalloc.report.additivity import evaluate, ilp_allocations, summary, uniform_allocations
+
+    from bitalloc.sensitivity import get_estimator
+
+    m = get_estimator("measured", bits=(2, 16), group_size=16, score="kl").estimate(task)
+    one = np.ones(m.n_units, dtype=int)  # everything at fp16 (≈ lossless) ...
+    one[4] = 0                           # ... except one unit at 2 bits
+    rows = evaluate(task, m, [("one", one)] + uniform_allocations(m) + ilp_allocations(m, [8.0]))
+    r = rows[0]
+    assert r["real_kl"] == pytest.approx(r["predicted_kl"], rel=1e-3)
+    assert r["real_loss"] == pytest.approx(r["predicted_loss"], rel=1e-3, abs=1e-6)
+    assert rows[1]["avg_bits"] == 2 and rows[1]["real_kl"] > 10 * rows[2]["real_kl"]
+    assert rows[3]["kind"] == "ilp" and rows[3]["avg_bits"] <= 8
+    s = summary(rows, "kl")
+    assert s["n"] == 4 and s["spearman"] > 0.5
+    # the model is left unquantized
+    np.testing.assert_allclose(task.mean_loss(), m.meta["base_loss"], rtol=1e-6)
