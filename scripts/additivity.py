@@ -15,20 +15,22 @@ from tqdm import tqdm
 
 from bitalloc.fileio import atomic_write, dumps
 from bitalloc.profile import Profile
+from bitalloc.report.scorecard import merge_measured
 from bitalloc.report.additivity import evaluate, ilp_allocations, plot, random_allocations, summary, uniform_allocations
 from bitalloc.zoo.demo import load_task
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--measured", required=True)
+    ap.add_argument("--measured", required=True, help="measured profile JSON (comma-separated shards are merged)")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--budgets", default="2.5,3,3.5,4,4.5,5,6")
     ap.add_argument("--random", type=int, default=10)
     ap.add_argument("--out", default="docs/additivity-smollm2")
     a = ap.parse_args()
-    measured = Profile.load(a.measured)
+    paths = [x for x in a.measured.split(",") if x]  # shards measured in parallel are merged
+    measured = merge_measured([Profile.load(x) for x in paths]) if len(paths) > 1 else Profile.load(paths[0])
     budgets = [float(x) for x in a.budgets.split(",")]
     allocs = ilp_allocations(measured, budgets) + uniform_allocations(measured) + random_allocations(measured, a.random)
     task = load_task("smollm2", samples=a.samples, seq_len=a.seq_len)

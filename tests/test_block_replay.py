@@ -170,3 +170,18 @@ def test_additivity_single_unit_allocation_is_exact(task):
     assert s["n"] == 4 and s["spearman"] > 0.5
     # the model is left unquantized
     np.testing.assert_allclose(task.mean_loss(), m.meta["base_loss"], rtol=1e-6)
+
+
+def test_merged_shards_equal_one_run(task):
+    from bitalloc.report.scorecard import measured_as, merge_measured
+
+    one = _est("replay", score="kl", units=["model.layers.0.*", "model.layers.2.*"]).estimate(task)
+    a = _est("replay", score="kl", units=["model.layers.0.*"]).estimate(task)
+    b = _est("replay", score="kl", units=["model.layers.2.*"]).estimate(task)
+    m = merge_measured([a, b])
+    assert m.names == one.names
+    np.testing.assert_allclose(m.sensitivity, one.sensitivity, rtol=1e-9)
+    np.testing.assert_allclose(measured_as(m, "loss_increase").sensitivity,
+                               np.maximum(np.array(one.extra["loss_increase"]), 0), rtol=1e-9, atol=1e-12)
+    with pytest.raises(BitallocError, match="disjoint"):
+        merge_measured([a, a])

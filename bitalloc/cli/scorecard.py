@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                    help=f"comma-separated ({DEFAULT_ESTIMATORS}); also local, hybrid, hybrid:BASE (calibrate BASE)")
     s.add_argument("--measured-units", type=int, default=None,
                    help="measure only this many units, evenly spread (default: all)")
-    s.add_argument("--measured", help="reuse a measured profile JSON instead of measuring again")
+    s.add_argument("--measured", help="reuse a measured profile JSON instead of measuring again (comma-separated: shards, merged)")
     s.add_argument("--save-profiles", help="folder to write each estimator's profile into")
     s.add_argument("--reuse", action="store_true",
                    help="load an estimator's profile from --save-profiles (MODEL.NAME.json) where it exists")
@@ -34,7 +34,7 @@ def run(args) -> int:
     from bitalloc.fileio import atomic_write, check_writable, dumps
     from bitalloc.zoo.demo import load_task
     from bitalloc.profile import Profile
-    from bitalloc.report.scorecard import card_rows, markdown, measured_as, per_bit_markdown, plot
+    from bitalloc.report.scorecard import card_rows, markdown, measured_as, merge_measured, per_bit_markdown, plot
     from bitalloc.sensitivity import ESTIMATORS
 
     bits = check_model_args(args)
@@ -65,7 +65,8 @@ def run(args) -> int:
     task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
     common = dict(bits=bits, granularity=args.granularity, group_size=args.group_size)
     if args.measured:
-        measured = Profile.load(args.measured)
+        paths = [x for x in args.measured.split(",") if x]
+        measured = merge_measured([Profile.load(x) for x in paths]) if len(paths) > 1 else Profile.load(paths[0])
     else:
         opts = {"units": args.measured_units} if args.measured_units else {}
         measured = _run(ESTIMATORS.create("measured", **common, **opts), task, "measured", args.model)

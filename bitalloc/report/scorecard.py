@@ -80,6 +80,29 @@ def measured_as(measured: Profile, score: str) -> Profile:
                    meta={**measured.meta, "score_kind": score})
 
 
+def merge_measured(profiles: list[Profile]) -> Profile:
+    """Measured profiles of disjoint unit subsets (same bits and settings, e.g. shards run in
+    parallel) → one profile: rows concatenated in the given order, `extra` matrices too, seconds
+    and cells summed in meta."""
+    from bitalloc.errors import bad
+
+    first = profiles[0]
+    names = [n for p in profiles for n in p.names]
+    if len(set(names)) != len(names):
+        raise bad("measured profiles", len(profiles), "must hold disjoint units")
+    for p in profiles[1:]:
+        if p.bits != first.bits or p.formats != first.formats:
+            raise bad("measured profiles bits", p.bits, f"must all be {first.bits}")
+    extra = {k: [r for p in profiles for r in p.extra[k]] for k in first.extra
+             if isinstance(first.extra[k], list) and all(k in p.extra for p in profiles)}
+    meta = {**first.meta, "seconds": sum(float(p.meta.get("seconds") or 0) for p in profiles),
+            "measured_units": len(names), "merged_from": len(profiles)}
+    if all(p.meta.get("forward_equivalents") is not None for p in profiles):
+        meta["forward_equivalents"] = round(sum(p.meta["forward_equivalents"] for p in profiles) - (len(profiles) - 1), 2)
+    return Profile([u for p in profiles for u in p.units], first.bits, np.vstack([p.sensitivity for p in profiles]),
+                   formats=first.formats, meta=meta, extra=extra)
+
+
 def per_bit_markdown(rows: list[dict], bits) -> str:
     """Spearman across units at each bit-width, one row per estimator, with the cost."""
     head = ("| estimator | " + " | ".join(f"{b} bits" for b in bits) + " | min | forward-equivalents | seconds |\n"
