@@ -88,9 +88,17 @@ def run(args) -> int:
             h = ESTIMATORS.create("hybrid", **common, **opts)
             update, close = progress_bar(f"{n} on {args.model}")
             try:
-                profiles[n] = h.estimate(task, progress=update, base_profile=profiles.get(h.base))
+                profiles[n] = h.estimate(task, progress=update, base_profile=profiles.get(h.base),
+                                         measured_profile=measured)
             finally:
                 close()
+            # scored on the units it was not calibrated on (its calibration units are measured cells)
+            fitted = set(profiles[n].meta["measured_units"])
+            keep = [i for i, nm in enumerate(profiles[n].names) if nm not in fitted]
+            p = profiles[n]
+            if keep:
+                profiles[n] = Profile([p.units[i] for i in keep], p.bits, p.sensitivity[keep], formats=p.formats,
+                                      meta={**p.meta, "scored_on": "units not used for calibration"})
         else:
             profiles[n] = _run(ESTIMATORS.create(n, **common), task, n, args.model)
         if path is not None:

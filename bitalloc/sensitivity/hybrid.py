@@ -63,20 +63,32 @@ class HybridEstimator(Estimator):
             raise bad("hybrid score", score, "allowed: kl, loss")
         self.base, self.per_type, self.score = base, per_type, score
 
-    def estimate(self, task, progress=None, base_profile: Profile | None = None) -> Profile:
-        """base_profile: the base estimator's profile if already computed (same settings)."""
+    def estimate(self, task, progress=None, base_profile: Profile | None = None,
+                 measured_profile: Profile | None = None) -> Profile:
+        """base_profile: the base estimator's profile if already computed (same settings);
+        measured_profile: measured cells already computed (same settings and score): the
+        calibration units are picked among its units and not measured again."""
         t0 = time.perf_counter()
         common = dict(bits=self.bits if not any(f != f"int{b}" for f, b in zip(self.formats, self.bits)) else self.formats,
                       granularity=self.granularity, group_size=self.group_size, symmetric=self.symmetric, zero=self.zero)
         base = base_profile or ESTIMATORS.create(self.base, **common).estimate(task)
         units = base.units
         types = [layer_type(u.layer) for u in units]
+        have = None if measured_profile is None else set(measured_profile.names)
         picked = []
         for t in dict.fromkeys(types):
-            rows = [i for i, x in enumerate(types) if x == t]
+            rows = [i for i, x in enumerate(types) if x == t and (have is None or units[i].name in have)]
+            if not rows:
+                continue
             idx = np.unique(np.round(np.linspace(0, len(rows) - 1, min(self.per_type, len(rows)))).astype(int))
             picked += [units[rows[i]].name for i in idx]
-        measured = ESTIMATORS.create("measured", **common, units=picked, score=self.score).estimate(task, progress)
+        if measured_profile is None:
+            measured = ESTIMATORS.create("measured", **common, units=picked, score=self.score).estimate(task, progress)
+        else:
+            mrows = [measured_profile.index()[n] for n in picked]
+            measured = Profile([measured_profile.units[i] for i in mrows], measured_profile.bits,
+                               measured_profile.sensitivity[mrows], formats=measured_profile.formats,
+                               meta={"forward_equivalents": None, "passes": "reused measured cells"})
         mi = measured.index()
         bi = base.index()
         rows = [bi[n] for n in measured.names]
@@ -84,6 +96,9 @@ class HybridEstimator(Estimator):
                              [types[r] for r in rows])
         S = base.sensitivity * np.array([scales[t] for t in types])
         fe = float(base.meta.get("forward_equivalents") or 0) + float(measured.meta.get("forward_equivalents") or 0)
+        if measured_profile is not None and measured_profile.meta.get("forward_equivalents"):
+            per_unit = (float(measured_profile.meta["forward_equivalents"]) - 1) / max(measured_profile.n_units, 1)
+            fe += 1 + per_unit * measured.n_units  # what measuring the picked units alone costs (average unit)
         return self.profile(task, units, S, t0, base=self.base, per_type=self.per_type,
                             measured_cells=measured.n_units * len(self.bits), measured_units=measured.names,
                             scales={t: [float(x) for x in v] for t, v in scales.items()},
