@@ -185,3 +185,23 @@ def test_merged_shards_equal_one_run(task):
                                np.maximum(np.array(one.extra["loss_increase"]), 0), rtol=1e-9, atol=1e-12)
     with pytest.raises(BitallocError, match="disjoint"):
         merge_measured([a, a])
+
+
+def test_hybrid_reuses_given_measured_cells(task, monkeypatch):
+    from bitalloc.sensitivity import get_estimator
+    from bitalloc.sensitivity.hybrid import layer_type, type_scales
+    from bitalloc.sensitivity.measured import MeasuredEstimator
+
+    base = get_estimator("weight_error", bits=(2, 4), group_size=16).estimate(task)
+    m = get_estimator("measured", bits=(2, 4), group_size=16, score="kl",
+                      units=["model.layers.0.*", "model.layers.2.*"]).estimate(task)
+    monkeypatch.setattr(MeasuredEstimator, "estimate", lambda *a, **k: pytest.fail("measured again"))
+    p = get_estimator("hybrid", bits=(2, 4), group_size=16, base="weight_error", per_type=1).estimate(
+        task, base_profile=base, measured_profile=m)
+    picked = p.meta["measured_units"]
+    assert len(picked) == 7 and all(n.startswith("model.layers.0.") for n in picked)
+    rows = [base.index()[n] for n in picked]
+    want = type_scales(base.sensitivity[rows], m.sensitivity[[m.index()[n] for n in picked]],
+                       [layer_type(n) for n in picked])
+    for t, v in want.items():
+        np.testing.assert_allclose(p.meta["scales"][t], v)
