@@ -11,6 +11,14 @@ Target: <= 2.5x. By flops a Hessian-vector product through a linear layer's back
 5-6 matrix products (the backward 2, the forward 1), so ~2x a forward+backward and ~3x a backward
 alone is the floor of any double-backward Hutchinson implementation.
 `measured` runs on --measured-units units only (its cost grows with units x candidates).
+
+    python benchmarks/sensitivity.py --replay [--samples 4] [--replay-units 14] [--full-units 2]
+
+Table 3 (--replay, SmolLM2): `measured` by full rerun vs by block replay vs `local`, seconds per
+(unit, candidate) cell on units spread evenly over the depth (so the mean cost per cell is the
+model's), the ratio to the full rerun, and the projection to all 210 x 6 cells; then `measured`
+(block replay) under `--executor ray` with 1 and 2 workers (1 torch thread each) on the same
+units: wall seconds (model loads included) and the ratio.
 """
 from __future__ import annotations
 
@@ -84,8 +92,54 @@ def probe_ratios(task, repeats):
     return [statistics.median(c) for c in zip(*rows)]
 
 
+def replay_rows(args):
+    """Table 3 (see the module docstring)."""
+    import functools
+    import os
+
+    from bitalloc.sensitivity.ray_executor import RayExecutor
+
+    task = load_task("smollm2", samples=args.samples, seq_len=args.seq_len)
+    n_all = len(task.layers) * 6
+    rows = []
+    for label, name, opts in (("measured, full rerun", "measured", {"method": "full", "units": args.full_units}),
+                              ("measured, block replay", "measured", {"method": "replay", "units": args.replay_units}),
+                              ("local", "local", {"units": args.replay_units})):
+        est = get_estimator(name, **opts)
+        t = time.perf_counter()
+        p = est.estimate(task)
+        t = time.perf_counter() - t
+        cells = p.n_units * len(p.bits)
+        rows.append((label, cells, t, t / cells, p.meta.get("forward_equivalents")))
+    full = rows[0][3]
+    print(f"SmolLM2, {args.samples}x{args.seq_len} tokens, {torch.get_num_threads()} torch threads, "
+          f"load average {os.getloadavg()[0]:.1f} (1 min) at the end\n")
+    print("| method | cells | seconds | s / cell | ratio to full rerun | forward-equivalents | projected 210 x 6 cells |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for label, cells, t, per, fe in rows:
+        print(f"| {label} | {cells} | {t:.1f} | {per:.3f} | {full / per:.1f}x | {fe} | {per * n_all / 60:.1f} min |")
+    factory = functools.partial(load_task, "smollm2", samples=args.samples, seq_len=args.seq_len)
+    ray_rows = []
+    for w in (1, 2):
+        ex = RayExecutor(workers=w, cpus_per_worker=1)
+        ex.start()
+        t = time.perf_counter()
+        p = ex.run(get_estimator("measured", method="replay", units=args.replay_units), task, factory)
+        ray_rows.append((w, p.n_units * len(p.bits), time.perf_counter() - t))
+        import ray
+
+        ray.shutdown()
+    print("\n| executor | cells | wall seconds (incl. model loads) | ratio to 1 worker |\n|---|---:|---:|---:|")
+    for w, cells, t in ray_rows:
+        print(f"| ray, {w} worker{'s' if w > 1 else ''} | {cells} | {t:.1f} | {ray_rows[0][2] / t:.2f}x |")
+    print(f"\nload average at the end: {os.getloadavg()}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replay", action="store_true", help="table 3 only: full rerun vs block replay vs local, Ray 1 vs 2")
+    ap.add_argument("--replay-units", type=int, default=14)
+    ap.add_argument("--full-units", type=int, default=2)
     ap.add_argument("--models", default="digits-cnn,minilm,smollm2")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=128)
@@ -95,6 +149,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: repeatable on a shared machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.replay:
+        return replay_rows(args)
     print(f"$ python benchmarks/sensitivity.py --models {args.models} --samples {args.samples} "
           f"--seq-len {args.seq_len} --repeats {args.repeats} --probes {args.probes} --threads {args.threads}\n")
     rows, probe_rows = [], []

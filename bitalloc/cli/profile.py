@@ -11,7 +11,7 @@ KINDS = ("weight", "kv")
 def add_parser(sub) -> None:
     s = sub.add_parser("profile", help="estimate the sensitivity of a real model's units")
     add_model_args(s)
-    s.add_argument("--estimator", help="hessian, fisher, lrp, salience, measured, weight_error; kv (the default with --kind kv)")
+    s.add_argument("--estimator", help="hessian, fisher, lrp, salience, measured, local, hybrid, weight_error; kv (the default with --kind kv)")
     s.add_argument("--kind", default="weight", choices=KINDS,
                    help="weight (default): the linear layers; kv: each attention layer's key and value cache")
     s.set_defaults(group_size=None, bits=None)  # weights: group 128, bits 2,3,4,5,6,8; kv: group 32 (KIVI), bits 2,4,8
@@ -25,6 +25,12 @@ def add_parser(sub) -> None:
                    help="also write llama.cpp's importance matrix (sum of squared inputs per column) from the "
                         "calibration data: FILE.gguf (llama-imatrix's format) or FILE.dat (legacy)")
     s.add_argument("--out", required=True, help="profile JSON to write (a .npz sidecar for large profiles)")
+    s.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local (default): this process; ray: measured/local/fisher cells sharded over Ray actors "
+                        "(pip install ray), each loading the model once")
+    s.add_argument("--workers", type=int, default=2, help="Ray actors (--executor ray; default 2)")
+    s.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (auto, or ray://HEAD:10001); default: a local Ray on this machine")
     s.set_defaults(func=run)
 
 
@@ -91,6 +97,15 @@ def run(args) -> int:
         if kv:
             raise bad("--imatrix", args.imatrix, "takes --kind weight")
         check_writable(args.imatrix, args.force)
+    if args.executor == "ray":
+        from bitalloc.sensitivity.ray_executor import KINDS, RayExecutor
+
+        if args.estimator not in KINDS:
+            raise bad("--executor ray estimator", args.estimator, f"allowed: {', '.join(KINDS)}")
+        executor = RayExecutor(workers=args.workers, address=args.ray_address)
+        executor.start()  # Ray missing or the cluster unreachable: fail before the model loads
+    elif args.workers != 2 or args.ray_address:
+        raise bad("--workers/--ray-address", args.ray_address or args.workers, "need --executor ray")
     estimator = ESTIMATORS.create(args.estimator, bits=bits, granularity=args.granularity,
                                   group_size=args.group_size, **parse_options(args.option))
     task = load_task_from_args(args)
@@ -98,7 +113,13 @@ def run(args) -> int:
     print(describe_task(task), file=sys.stderr)
     update, close = progress_bar(f"{args.estimator} on {args.model}")
     try:
-        profile = estimator.estimate(task, progress=update)
+        if args.executor == "ray":
+            import functools
+
+            factory = functools.partial(load_task, args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+            profile = executor.run(estimator, task, factory, progress=update)
+        else:
+            profile = estimator.estimate(task, progress=update)
     finally:
         close()
     from bitalloc.hwcost.graph import attach_graph

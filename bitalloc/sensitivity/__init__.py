@@ -2,7 +2,8 @@
 from bitalloc.registry import Registry
 
 ESTIMATORS = Registry("estimator", {name: f"bitalloc.sensitivity.{name}" for name in
-                                    ("weight_error", "hessian", "fisher", "lrp", "salience", "measured", "kv")})
+                                    ("weight_error", "hessian", "fisher", "lrp", "salience", "measured", "kv",
+                                     "local", "hybrid")})
 register = ESTIMATORS.register
 
 

@@ -75,13 +75,17 @@ class Estimator(ABC):
 
     def profile(self, task, units: list[Unit], S: np.ndarray, t0: float, **meta) -> Profile:
         """Wrap scores in a Profile with the settings, the cost and the task's provenance."""
+        return Profile(units, list(self.bits), S, formats=list(self.formats), meta=self.meta(task, t0, **meta))
+
+    def meta(self, task, t0: float, **meta) -> dict:
+        """A profile's meta: the settings, the seconds since t0, the task's provenance, `meta`."""
         info = {"estimator": self.name, "granularity": self.granularity, "group_size": self.group_size,
                 "symmetric": self.symmetric, "zero": self.zero, "quantizer": self.quantizer, "passes": self.passes,
                 "seconds": round(time.perf_counter() - t0, 3), **task.meta, **meta}
         from bitalloc import __version__
 
         info["bitalloc_version"] = __version__
-        return Profile(units, list(self.bits), S, formats=list(self.formats), meta=info)
+        return info
 
 
 @contextlib.contextmanager
