@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     s.add_argument("--candidates", default=None, metavar="FMT,FMT,...",
                    help="candidate formats instead of --bits, e.g. int4,int3,fp4_e2m1,mxfp4,nvfp4,int8 "
                         "(int<b>[_g<N>], fp8_e4m3, fp8_e5m2, fp6_e2m3, fp6_e3m2, fp4_e2m1, mxfp4, mxfp6, mxfp8, nvfp4, fp16)")
+    s.add_argument("--quantizer", default=None,
+                   help="measured: the weight quantizer candidates are scored with, rtn (default) or gptq")
     s.add_argument("--out", required=True, help="profile JSON to write (a .npz sidecar for large profiles)")
     s.set_defaults(func=run)
 
@@ -63,9 +65,20 @@ def run(args) -> int:
     if args.candidates is not None:
         bits = parse_candidates(args.candidates)
     ESTIMATORS.get(args.estimator)
+    options = parse_options(args.option)
+    if args.quantizer is not None:
+        import inspect
+
+        from bitalloc.quant.quantizers import QUANTIZERS
+
+        QUANTIZERS.get(args.quantizer)
+        if "quantizer" not in inspect.signature(ESTIMATORS.get(args.estimator).__init__).parameters:
+            raise bad("--quantizer", args.quantizer, f"the {args.estimator} estimator scores round-to-nearest only; "
+                      "use --estimator measured")
+        options["quantizer"] = args.quantizer
     check_writable(args.out, args.force)
     estimator = ESTIMATORS.create(args.estimator, bits=bits, granularity=args.granularity,
-                                  group_size=args.group_size, **parse_options(args.option))
+                                  group_size=args.group_size, **options)
     print(f"loading {args.model} ...", file=sys.stderr)
     task = load_task(args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
     estimator.units(task)  # group size against the layers: fail before any work

@@ -23,6 +23,7 @@ import numpy as np
 
 from bitalloc.errors import BitallocError, bad
 from bitalloc.profile import Profile
+from bitalloc.quant.quantizers.unit import quantize_unit
 from bitalloc.units import Unit
 from bitalloc.sensitivity import register
 from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, layer_weight
@@ -32,14 +33,23 @@ from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, layer_weight
 class MeasuredEstimator(Estimator):
     """units: None (all), an int n (n units spread evenly over the model order), or unit names /
     fnmatch globs (a list, or one comma-separated string such as `fc1,conv*:c0`).
+    quantizer: the WeightQuantizer each candidate is applied with (`rtn`, or `gptq`: the unit
+    GPTQ-quantized with its layer's calibration Hessian, the rest of the layer in float taking
+    the compensation; see quant/quantizers/unit.py), so the allocation is solved for the
+    quantizer that will be applied.
     `estimate(task, progress)` calls progress(done, total) after each (unit, candidate) evaluation,
     total = units measured × candidates."""
 
     passes = "1 + units x candidates forward"
 
     def __init__(self, bits=DEFAULT_BITS, granularity: str = "layer", group_size: int = 128,
-                 symmetric: bool = False, zero: str = "int", units=None):
+                 symmetric: bool = False, zero: str = "int", units=None, quantizer: str = "rtn"):
         super().__init__(bits, granularity, group_size, symmetric, zero)
+        from bitalloc.quant.quantizers import get_quantizer
+
+        self.wq = get_quantizer(quantizer)  # the quantizer `apply` will use: rtn, or gptq (calibration Hessian)
+        if quantizer != "rtn":
+            self.quantizer = self.quantizer.replace("RTN", f"{quantizer.upper()} (each layer's calibration Hessian)")
         msg = "must be a positive integer, or unit names / globs (a list or a comma-separated string)"
         if isinstance(units, str):
             units = [s.strip() for s in units.split(",") if s.strip()]
@@ -88,21 +98,20 @@ class MeasuredEstimator(Estimator):
             base = task.mean_loss()
             if not np.isfinite(base):
                 raise BitallocError(f"measured: the calibration loss of the unquantized model is {base}")
-            cached: tuple[str, list] | None = None
+            H = {}
+            if self.wq.needs_inputs:  # each layer's input Hessian, from the unquantized model
+                from bitalloc.apply.sequential import layer_hessians
+
+                H = layer_hessians(task.model, sorted({u.layer for u in units}), task.calib, task.loss)
             for i, u in enumerate(units):
                 mod = mods[u.layer]
                 weight = mod.weight
-                if cached is None or cached[0] != u.layer:  # units come in layer order: one layer at a time
-                    W = layer_weight(mod)
-                    cached = (u.layer, [torch.from_numpy(q.fake_quant(W)).to(weight.device, weight.dtype)
-                                        for q in self.quants])
                 orig = weight.detach().clone()
                 try:
-                    for k, wq in enumerate(cached[1]):
-                        patched = orig.reshape(orig.shape[0], -1).clone()
-                        u.block(patched).copy_(u.block(wq))
+                    cands = quantize_unit(layer_weight(mod), u, self.quants, self.wq, H.get(u.layer))
+                    for k, patched in enumerate(cands):
                         with torch.no_grad():
-                            weight.copy_(patched.reshape(orig.shape))
+                            weight.copy_(torch.from_numpy(patched).reshape(orig.shape).to(weight.device, weight.dtype))
                         S[i, k] = task.mean_loss() - base
                         with torch.no_grad():
                             weight.copy_(orig)
@@ -127,4 +136,5 @@ class MeasuredEstimator(Estimator):
                             forward_passes=n_passes, base_loss=base, clipped=clipped, raw_min=raw_min,
                             non_finite=int(bad_cells.sum()),
                             measured_units=len(units), samples=task.meta.get("samples"),
-                            score="calibration loss increase with only the unit quantized (clipped at 0)")
+                            score="calibration loss increase with only the unit quantized (clipped at 0)",
+                            unit_quantizer=self.wq.name)
