@@ -8,7 +8,9 @@ Like torchao's `quantize_`, no model surgery is asked of the user: every layer t
 names keeps its module and gets its weight rewritten. Each unit (a layer, `layer:gN`, `layer:cN`)
 gets its grid from `bitalloc.quant.quantizer_for(format, group_size, symmetric, zero)` and its
 levels from a WeightQuantizer (`bitalloc.quantizers`, `rtn` by default); quantizers that need
-calibration inputs get each layer's inputs X, captured from the unquantized model. Scales (and
+calibration inputs get each layer's inputs X, captured from the unquantized model, except
+sequential ones (`gptq`), which quantize layer after layer in forward order on the inputs of the
+already-quantized model (apply/sequential.py). Scales (and
 float minimums) are rounded to float16, the precision the packed file stores, so the weights in
 the model are exactly what the file decodes to.
 """
@@ -22,8 +24,8 @@ import numpy as np
 
 from bitalloc.allocation import Allocation
 from bitalloc.errors import BitallocError, bad
-from bitalloc.quant.codec import UnitCode, _weight2d, write_weights
-from bitalloc.quant.pack import SCALE_DTYPE, block_scale_tensors, is_block_float
+from bitalloc.apply.encode import encode_unit
+from bitalloc.quant.codec import UnitCode, write_weights
 from bitalloc.profile import default_format
 from bitalloc.quant.integer import ZERO_KINDS, quantizer_for
 from bitalloc.units import Unit, carve
@@ -173,7 +175,8 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
     (default `model(batch)`, `model(**batch)` for a dict); macs: layer → MACs per inference for
     the unit records (default: weight elements); inplace: False quantizes a deep copy;
     progress(done, total) after each unit. Everything is checked, and every unit encoded, before
-    any weight changes.
+    any weight changes (a sequential quantizer writes layer after layer and restores the original
+    weights if it fails).
     """
     from bitalloc.models.layers import weight2d
     from bitalloc.quant.quantizers import get_quantizer
@@ -192,7 +195,21 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
         model = copy.deepcopy(model)
     mods = dict(model.named_modules())
     codes: list[UnitCode] = []
-    for chunk in _chunks(steps, mods, settings, wq.needs_inputs):
+    if getattr(wq, "sequential", False):  # gptq: layer by layer on the already-quantized model's inputs
+        from bitalloc.apply.sequential import sequential_codes
+
+        saved = {u.layer: mods[u.layer].weight.detach().clone() for u, *_ in steps}
+        try:
+            codes = sequential_codes(model, steps, wq, settings, calib, forward, progress)
+        except BaseException:
+            import torch
+
+            with torch.no_grad():
+                for layer, w in saved.items():
+                    mods[layer].weight.copy_(w)
+            raise
+        steps = []
+    for chunk in _chunks(steps, mods, settings, wq.needs_inputs) if steps else ():
         X = capture_inputs(model, sorted({u.layer for u, *_ in chunk}), calib, forward, max_rows) if wq.needs_inputs else {}
         W, layer = None, None
         for u, b, fmt, quant in chunk:
@@ -204,50 +221,6 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
         X.clear()
     write_weights(model, codes, settings.to_json())
     return QuantizedModel(model, codes, settings, alloc)
-
-
-def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None) -> UnitCode:
-    """One unit's levels, scales and zeros (scales rounded to float16, as stored). w: the unit's
-    (rows, cols) weights, numpy or a torch tensor; a tensor is quantized on its device when the
-    quantizer and the grid take tensors (RTN on an integer grid), and only the codes come back."""
-    rec = u.to_json()
-    rec.update(bits=bits, format=fmt)
-    if quant is None:  # kept in floating point
-        rec["offset"] = 0
-        return UnitCode(rec, weight=_numpy(w).astype(np.float16))
-    if not isinstance(w, np.ndarray) and getattr(quant, "torch_native", False) and getattr(wq, "torch_native", False):
-        q, scale, zero = (t.cpu().numpy() for t in wq.quantize(w, quant, X))
-    else:
-        w = _numpy(w)
-        q, scale, zero = wq.quantize(np.ascontiguousarray(w, dtype=np.float32), quant, X)
-    q = np.asarray(q)
-    lo, hi = int(q.min()), int(q.max())
-    offset = 0 if lo >= 0 else 2 ** (bits - 1)
-    if lo + offset < 0 or hi + offset >= 2 ** bits:
-        raise BitallocError(f"unit {u.name!r}: quantizer {wq.name!r} gave levels {lo}..{hi}, outside {bits} bits")
-    rec["offset"] = offset
-    if is_block_float(fmt):
-        return block_float_code(rec, q, scale, quant, _numpy(w))
-    scale = np.asarray(scale, dtype=np.float32).astype(SCALE_DTYPE).astype(np.float32)
-    if not np.isfinite(scale).all():
-        raise BitallocError(f"unit {u.name!r}: a group scale exceeds the float16 range")
-    if getattr(quant, "symmetric", False):
-        zero = None
-    elif getattr(quant, "zero", "int") == "float":
-        zero = np.asarray(zero, dtype=np.float32).astype(SCALE_DTYPE).astype(np.float32)
-    else:
-        zero = np.asarray(zero, dtype=np.float32)
-    return UnitCode(rec, q=q.astype(np.int8 if bits <= 7 else np.int16 if bits <= 15 else np.int32),
-                    scale=scale, zero=zero)
-
-
-def block_float_code(rec: dict, q: np.ndarray, scale, quant, w: np.ndarray) -> UnitCode:
-    """A minifloat unit's codes with its scales kept exactly as the format stores them (FP32, E8M0,
-    NVFP4's E4M3 block scales and FP32 tensor scale of this unit's block); no zero-point."""
-    t = float(quant.tensor_scale(w)) if hasattr(quant, "tensor_scale") else None
-    scale = np.asarray(scale, dtype=np.float32)
-    block_scale_tensors(rec["name"], rec["format"], scale, t)  # raises if not exactly storable
-    return UnitCode(rec, q=q.astype(np.int8 if rec["bits"] <= 7 else np.int16), scale=scale, tensor_scale=t)
 
 
 def _chunks(steps, mods, settings: Settings, needs_inputs: bool):
@@ -288,20 +261,14 @@ def capture_inputs(model, layers: list[str], calib, forward=None, max_rows: int 
     """layer → (rows, in_features·kh·kw) float32 inputs seen over `calib` (evenly thinned to at
     most `max_rows`; conv inputs unfolded into patches), from one pass of the model as it is."""
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
+
+    from bitalloc.apply.sequential import layer_rows
 
     mods = dict(model.named_modules())
     seen: dict[str, list] = {n: [] for n in layers}
 
     def hook(mod, args, name):
-        x = args[0].detach().float()
-        if isinstance(mod, nn.Conv2d):
-            x = F.unfold(x, mod.kernel_size, mod.dilation, mod.padding, mod.stride).transpose(1, 2)
-        elif isinstance(mod, nn.Conv1d):
-            x = F.unfold(x.unsqueeze(2), (1, mod.kernel_size[0]), (1, mod.dilation[0]), (0, mod.padding[0]),
-                         (1, mod.stride[0])).transpose(1, 2)
-        seen[name].append(x.reshape(-1, x.shape[-1]).cpu())
+        seen[name].append(layer_rows(mod, args[0]).cpu())
 
     handles = [mods[n].register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in layers]
     run = forward or _default_forward
@@ -329,7 +296,3 @@ def _default_forward(model, batch):
     if isinstance(batch, (tuple, list)):
         return model(batch[0])
     return model(batch)
-
-
-def _numpy(w) -> np.ndarray:
-    return w if isinstance(w, np.ndarray) else w.detach().float().cpu().numpy()

@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     s.add_argument("--imatrix", default=None, metavar="FILE",
                    help="also write llama.cpp's importance matrix (sum of squared inputs per column) from the "
                         "calibration data: FILE.gguf (llama-imatrix's format) or FILE.dat (legacy)")
+    s.add_argument("--quantizer", default=None,
+                   help="measured: the weight quantizer candidates are scored with, rtn (default) or gptq")
     s.add_argument("--out", required=True, help="profile JSON to write (a .npz sidecar for large profiles)")
     s.add_argument("--executor", default="local", choices=("local", "ray"),
                    help="local (default): this process; ray: measured/local/fisher cells sharded over Ray actors "
@@ -92,6 +94,18 @@ def run(args) -> int:
     require_model(args.model)
     if args.estimator == "lrp":
         require("zennit", why="--estimator lrp")
+
+    options = parse_options(args.option)
+    if args.quantizer is not None:
+        import inspect
+
+        from bitalloc.quant.quantizers import QUANTIZERS
+
+        QUANTIZERS.get(args.quantizer)
+        if "quantizer" not in inspect.signature(ESTIMATORS.get(args.estimator).__init__).parameters:
+            raise bad("--quantizer", args.quantizer, f"the {args.estimator} estimator scores round-to-nearest only; "
+                      "use --estimator measured")
+        options["quantizer"] = args.quantizer
     check_writable(args.out, args.force)
     if args.imatrix:
         if kv:
@@ -107,7 +121,7 @@ def run(args) -> int:
     elif args.workers != 2 or args.ray_address:
         raise bad("--workers/--ray-address", args.ray_address or args.workers, "need --executor ray")
     estimator = ESTIMATORS.create(args.estimator, bits=bits, granularity=args.granularity,
-                                  group_size=args.group_size, **parse_options(args.option))
+                                  group_size=args.group_size, **options)
     task = load_task_from_args(args)
     estimator.units(task)  # group size against the layers: fail before any work
     print(describe_task(task), file=sys.stderr)
@@ -116,7 +130,10 @@ def run(args) -> int:
         if args.executor == "ray":
             import functools
 
-            factory = functools.partial(load_task, args.model, samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+            from bitalloc.models.loader import load_model
+
+            factory = functools.partial(load_model, args.model, calib=args.calib, samples=args.samples,
+                                        seq_len=args.seq_len, seed=args.seed)
             profile = executor.run(estimator, task, factory, progress=update)
         else:
             profile = estimator.estimate(task, progress=update)

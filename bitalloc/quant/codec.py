@@ -84,3 +84,7 @@ def _weight2d(mod) -> np.ndarray:
     from bitalloc.weights import weight2d
 
     return weight2d(mod).detach().float().cpu().numpy().copy()
+
+
+def _numpy(w) -> np.ndarray:
+    return w if isinstance(w, np.ndarray) else w.detach().float().cpu().numpy()

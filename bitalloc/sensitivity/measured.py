@@ -47,7 +47,11 @@ class MeasuredEstimator(Estimator):
     replay | full; score: loss (calibration loss increase) | kl (KL to the unquantized output,
     language models only); max_rows: token rows per stacked replay run (memory bound: candidates
     of one unit are stacked up to it). `estimate(task, progress)` calls progress(done, total)
-    after each unit's candidates, total = units measured × candidates."""
+    after each unit's candidates, total = units measured × candidates.
+    quantizer: the WeightQuantizer each candidate is applied with (`rtn`, or `gptq`: the unit
+    GPTQ-quantized with its layer's calibration Hessian, the rest of the layer in float taking
+    the compensation; see quant/quantizers/unit.py), so the allocation is solved for the
+    quantizer that will be applied."""
 
     passes = "1 + units x candidates forward"
     METHODS = ("auto", "replay", "full")
@@ -55,7 +59,7 @@ class MeasuredEstimator(Estimator):
 
     def __init__(self, bits=DEFAULT_BITS, granularity: str = "layer", group_size: int = 128,
                  symmetric: bool = False, zero: str = "int", units=None, method: str = "auto",
-                 score: str = "loss", max_rows: int = 4096):
+                 score: str = "loss", max_rows: int = 4096, quantizer: str = "rtn"):
         super().__init__(bits, granularity, group_size, symmetric, zero)
         if method not in self.METHODS:
             raise bad("measured method", method, f"allowed: {', '.join(self.METHODS)}")
@@ -64,6 +68,12 @@ class MeasuredEstimator(Estimator):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise bad("max_rows", max_rows, "must be a positive integer")
         self.method, self.score, self.max_rows = method, score, max_rows
+        from bitalloc.quant.quantizers import get_quantizer
+
+        self.wq = get_quantizer(quantizer)  # the quantizer `apply` will use: rtn, or gptq (calibration Hessian)
+        self._hessians: dict = {}
+        if quantizer != "rtn":
+            self.quantizer = self.quantizer.replace("RTN", f"{quantizer.upper()} (each layer's calibration Hessian)")
         msg = "must be a positive integer, or unit names / globs (a list or a comma-separated string)"
         if isinstance(units, str):
             units = [s.strip() for s in units.split(",") if s.strip()]
@@ -133,10 +143,20 @@ class MeasuredEstimator(Estimator):
         """The layer's weights with only `unit` quantized, one tensor per candidate (shaped and
         typed like `orig`). Every quantization of this estimator goes through here; `cache`
         keeps the current layer's fully quantized weights (units come in layer order)."""
-        from bitalloc.models.layers import as_2d, weight2d
+        from bitalloc.models.layers import as_2d, from_2d, weight2d
         from bitalloc.quant.integer import fake_quant_tensor
 
         mod = task.modules()[unit.layer]
+        if self.wq.needs_inputs:  # GPTQ: the unit quantized with its layer's Hessian, the rest compensating
+            import torch
+
+            from bitalloc.quant.quantizers.unit import quantize_unit
+
+            W = weight2d(mod).detach().float().cpu().numpy()
+            cands = quantize_unit(W, unit, self.quants, self.wq, self._hessians.get(unit.layer))
+            cache.clear()
+            cache["feasible"] = np.ones(len(cands), bool)
+            return [from_2d(mod, torch.from_numpy(c).to(orig.device)).to(orig.dtype).clone() for c in cands]
         if cache.get("layer") != unit.layer:
             W = weight2d(mod).detach().float()  # on the layer's device; quantized there
             cache.clear()
@@ -160,6 +180,10 @@ class MeasuredEstimator(Estimator):
         loss = np.zeros((len(units), K))
         kl = np.zeros((len(units), K)) if getattr(runner, "has_kl", True) else None
         fe, cache = 0.0, {}
+        if self.wq.needs_inputs and not self._hessians:  # each layer's input Hessian, from the unquantized model
+            from bitalloc.apply.sequential import layer_hessians
+
+            self._hessians = layer_hessians(task.model, sorted({u.layer for u in units}), task.calib, task.loss)
         try:
             task.model.eval()
             for i, u in enumerate(units):
@@ -203,7 +227,7 @@ class MeasuredEstimator(Estimator):
         meta = dict(passes=passes, forward_passes=1 + len(units) * K, forward_equivalents=round(forward_eq, 2),
                     method=method, base_loss=runner.base_loss, clipped=clipped, raw_min=raw_min,
                     non_finite=int(bad_cells.sum()), measured_units=len(units), samples=task.meta.get("samples"),
-                    score=what, score_kind=self.score)
+                    score=what, score_kind=self.score, unit_quantizer=self.wq.name)
         if getattr(runner, "note", None):
             meta["replay_unsupported"] = runner.note
         return Profile(units, list(self.bits), S, formats=list(self.formats),

@@ -16,11 +16,15 @@ class WeightQuantizer(ABC):
 
     w: (out_features, in_features) float32; quant: the candidate's quantizer (e.g. IntQuant);
     X: (n_samples, in_features) float32 calibration inputs of this layer, given only when
-    `needs_inputs` is True.
+    `needs_inputs` is True. A `sequential` quantizer (gptq) also has
+    `quantize_layer(w, cells, H) -> (w_hat, codes)`: a whole layer at once (its units' grids as
+    Cells) from the layer's input Hessian, and `apply` runs it layer by layer in forward order on
+    the inputs of the already-quantized model (bitalloc/apply/sequential.py).
     """
 
     name = "quantizer"
     needs_inputs = False
+    sequential = False
 
     @abstractmethod
     def quantize(self, w: np.ndarray, quant, X: np.ndarray | None = None):
