@@ -151,7 +151,7 @@ class BlockReplay:
             def pre(i):
                 def hook(mod, args, kwargs):
                     cur.hidden[i] = args[0].detach()
-                    cur.args[i] = tuple(args[1:])
+                    cur.args[i] = tuple(None if type(a).__name__.endswith("Cache") else a for a in args[1:])
                     cur.kwargs[i] = _no_cache(kwargs)
                 return hook
 
