@@ -392,22 +392,13 @@ class LrpEstimator(Estimator):
         rules: dict[str, str] = {}
         composite = (self._transformer_composite(model, layers, store, rules) if transformer
                      else self._cnn_composite(task, layers, store, rules))
-        explained, input_sum = [], []
-        was_training = model.training
-        model.eval()
+        one = self._embedding_pass if transformer else self._classifier_pass
         try:
-            with torch.enable_grad():
-                for i, batch in enumerate(task.calib):
-                    f, r_in = (self._embedding_pass if transformer else self._classifier_pass)(model, batch, composite)
-                    explained.append(f)
-                    input_sum.append(r_in)
-                    if progress is not None:
-                        progress(f"lrp batch {i + 1}/{len(task.calib)}")
+            explained, input_sum = _passes(task, lambda batch: one(model, batch, composite), progress)
         finally:
             composite.remove()
-            model.train(was_training)
         channels = {n: store.abs[n] if n in store.abs else np.zeros(_out_channels(mods[n])) for n in layers}
-        return Relevance(channels, np.concatenate(explained), np.concatenate(input_sum), rules, len(task.calib))
+        return Relevance(channels, explained, input_sum, rules, len(task.calib))
 
     def contributions(self, task, rel: Relevance) -> dict[str, np.ndarray]:
         """C[layer] (out,): |relevance| per output channel, normalized to sum 1 over all layers,
@@ -444,22 +435,9 @@ class LrpEstimator(Estimator):
         mods = dict(model.named_modules())
         store = _Store({n: (1 if isinstance(mods[n], torch.nn.modules.conv._ConvNd) else -1) for n in layers})
         rules = DecoderRules(model, layers, lambda name, out, g: store.add(name, out * g), eps=self.epsilon)
-        explained, input_sum = [], []
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.enable_grad():
-                for i, batch in enumerate(task.calib):
-                    f, r_in = explain_lm(model, batch, rules)
-                    explained.append(f)
-                    input_sum.append(r_in)
-                    if progress is not None:
-                        progress(f"lrp batch {i + 1}/{len(task.calib)}")
-        finally:
-            model.train(was_training)
+        explained, input_sum = _passes(task, lambda batch: explain_lm(model, batch, rules), progress)
         channels = {n: store.abs[n] if n in store.abs else np.zeros(_out_channels(mods[n])) for n in layers}
-        return Relevance(channels, np.concatenate(explained), np.concatenate(input_sum), dict(rules.rules),
-                         len(task.calib), absorbed=rules.absorbed)
+        return Relevance(channels, explained, input_sum, dict(rules.rules), len(task.calib), absorbed=rules.absorbed)
 
     # -- composites --
     def _cnn_composite(self, task, layers, store, rules) -> Composite:
@@ -557,6 +535,26 @@ class LrpEstimator(Estimator):
     @staticmethod
     def _is_transformer(task) -> bool:
         return bool(_attention_blocks(task.model))
+
+
+def _passes(task, one, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Run `one(batch) -> (explained (B,), input relevance (B,))` over the calibration batches in
+    eval mode with gradients on; returns both concatenated. The model's training flag is restored."""
+    model = task.model
+    explained, input_sum = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            for i, batch in enumerate(task.calib):
+                f, r_in = one(batch)
+                explained.append(f)
+                input_sum.append(r_in)
+                if progress is not None:
+                    progress(f"lrp batch {i + 1}/{len(task.calib)}")
+    finally:
+        model.train(was_training)
+    return np.concatenate(explained), np.concatenate(input_sum)
 
 
 def _batch_kind(task) -> str:

@@ -87,22 +87,29 @@ class HighsBackend(Backend):
 
     @staticmethod
     def _run(m: Milp, time_limit, gap, hint):
-        import highspy
-
-        h = new_highs()
-        pass_model(h, m)
-        h.setOptionValue("mip_rel_gap", gap)
-        h.setOptionValue("mip_abs_gap", 0.0)
-        h.setOptionValue("mip_feasibility_tolerance", 1e-9)
-        h.setOptionValue("primal_feasibility_tolerance", 1e-9)
-        if time_limit is not None:
-            h.setOptionValue("time_limit", float(time_limit))
-        if hint is not None:
-            sol = highspy.HighsSolution()
-            sol.col_value = m.x_of(hint)
-            h.setSolution(sol)
+        h = configured_highs(m, time_limit, gap, hint)
         h.run()
         return h
+
+
+def configured_highs(m: Milp, time_limit, gap: float, hint=None):
+    """A HiGHS instance holding `m`, with bitalloc's tolerances, the relative `gap`, a time limit
+    (seconds, or None) and an optional starting allocation; not yet run."""
+    import highspy
+
+    h = new_highs()
+    pass_model(h, m)
+    h.setOptionValue("mip_rel_gap", gap)
+    h.setOptionValue("mip_abs_gap", 0.0)
+    h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    if time_limit is not None:
+        h.setOptionValue("time_limit", float(time_limit))
+    if hint is not None:
+        sol = highspy.HighsSolution()
+        sol.col_value = m.x_of(hint)
+        h.setSolution(sol)
+    return h
 
 
 def _solution_disagrees(h, m: Milp) -> bool:

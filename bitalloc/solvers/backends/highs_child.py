@@ -36,15 +36,9 @@ class _Conn:
 def _child(conn, m: Milp, time_limit: float, gap: float, hint):
     import highspy
 
-    from bitalloc.solvers.backends.highs import new_highs, pass_model
+    from bitalloc.solvers.backends.highs import configured_highs
 
-    h = new_highs()
-    pass_model(h, m)
-    h.setOptionValue("mip_rel_gap", gap)
-    h.setOptionValue("mip_abs_gap", 0.0)
-    h.setOptionValue("mip_feasibility_tolerance", 1e-9)
-    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
-    h.setOptionValue("time_limit", float(time_limit))
+    h = configured_highs(m, time_limit, gap, hint)
     t0 = time.perf_counter()
     T = highspy.cb.HighsCallbackType
 
@@ -58,10 +52,6 @@ def _child(conn, m: Milp, time_limit: float, gap: float, hint):
     h.setCallback(cb, None)
     for k in (T.kCallbackMipImprovingSolution, T.kCallbackMipInterrupt, T.kCallbackSimplexInterrupt, T.kCallbackIpmInterrupt):
         h.startCallback(k)
-    if hint is not None:
-        sol = highspy.HighsSolution()
-        sol.col_value = m.x_of(hint)
-        h.setSolution(sol)
     h.run()
     info = h.getInfo()
     st = h.getModelStatus()
