@@ -251,12 +251,19 @@ def test_smollm2_folder_matches_builtin(tmp_path):
     from bitalloc import load_model, profile
 
     builtin = load_model("smollm2", samples=2, seq_len=64, device="cpu")
-    builtin.model.save_pretrained(str(tmp_path / "smollm2"))
-    builtin.tokenizer.save_pretrained(str(tmp_path / "smollm2"))
+    from safetensors.torch import save_model
+
+    folder = tmp_path / "smollm2"  # a plain transformers folder (the GGUF-loaded model refuses save_pretrained)
+    folder.mkdir()
+    cfg = builtin.model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.save_pretrained(str(folder))
+    save_model(builtin.model, str(folder / "model.safetensors"))
+    builtin.tokenizer.save_pretrained(str(folder))
     a = profile(builtin, estimator="fisher", bits=(3, 4))
     del builtin
-    folder = load_model(tmp_path / "smollm2", samples=2, seq_len=64, device="cpu")
-    b = profile(folder, estimator="fisher", bits=(3, 4))
+    b = profile(load_model(folder, samples=2, seq_len=64, device="cpu"), estimator="fisher", bits=(3, 4))
     assert a.names == b.names and len(a.names) == 210
     rho = spearmanr(a.sensitivity[:, 0], b.sensitivity[:, 0]).statistic
     assert rho >= 0.99
