@@ -123,6 +123,9 @@ def layer_weight(module) -> np.ndarray:
     return np.ascontiguousarray(weight2d(module).detach().float().cpu().numpy())
 
 
+ROW_CHUNK_ELEMENTS = 1 << 18  # weight elements per row chunk of the error sums
+
+
 def weighted_error(task, units: list[Unit], quants: list, weight_of: Callable) -> np.ndarray:
     """S: (N, K) Σ_{i in unit} c_i (Q_k(w_i) − w_i)², computed on each layer's device.
 
@@ -153,12 +156,18 @@ def weighted_error(task, units: list[Unit], quants: list, weight_of: Callable) -
                 out[:, k] = float("inf")  # a GGML type whose blocks do not tile the rows: not allowed
                 continue
             imp = c if getattr(q, "qtype", None) is not None and torch.is_tensor(c) and c.ndim == 1 else None
-            d = (fake_quant_tensor(q, W, importance=imp) - W).to(acc)
-            e = d * d * c
-            if axis is None:
-                out[0, k] = e.sum()
-            else:
-                out[:, k].index_add_(0, seg, e.sum(1 - axis))
+            Q = fake_quant_tensor(q, W, importance=imp)
+            step = max(1, ROW_CHUNK_ELEMENTS // max(W.shape[1], 1))  # memory: accumulator temporaries of a few MB
+            for r in range(0, W.shape[0], step):
+                e = (Q[r:r + step] - W[r:r + step]).to(acc)
+                e.mul_(e).mul_(c[r:r + step] if torch.is_tensor(c) and c.ndim == 2 else c)
+                if axis is None:
+                    out[0, k] += e.sum()
+                elif axis == 0:
+                    out[:, k].index_add_(0, seg[r:r + step], e.sum(1))
+                else:
+                    out[:, k].index_add_(0, seg, e.sum(0))
+            del Q
         pending.append((idx, out[:len(idx)]))
     S = np.zeros((len(units), len(quants)))
     for idx, out in pending:

@@ -136,7 +136,7 @@ class FisherEstimator(Estimator):
                     progress(f"batch {b + 1}/{len(task.calib)}: {n} backward passes")
         if n == 0:
             raise BitallocError("fisher: the task has no calibration data")
-        return {name: as_2d(mods[name], f / n) for name, f in zip(names, F)}, n
+        return {name: as_2d(mods[name], f.div_(n)) for name, f in zip(names, F)}, n  # in place: no second copy
 
     def estimate(self, task, progress=None) -> Profile:
         t0 = time.perf_counter()
