@@ -277,3 +277,15 @@ def test_dmmv_quantizer_through_apply_lowers_worst_output_error(cnn):
     assert worst(fc1.weight.detach()) < rtn  # DMMV lowers the worst case on the inputs it saw
     assert max_distinct_per_group(fc1.weight.detach().numpy(), G) <= 2**3
     assert len(q.codes) == len(bits)
+
+
+def test_a_solved_allocations_bits_mapping_is_accepted_as_an_allocation():
+    """A solver's Allocation.bits is a read-only mapping over arrays (not a dict): apply takes it."""
+    import bitalloc
+    from bitalloc.apply.quantize import as_allocation
+    from bitalloc.columns import UnitMap
+
+    alloc = bitalloc.solve(bitalloc.load_default_profile(), budget=3.5)
+    assert isinstance(alloc.bits, UnitMap)
+    again = as_allocation(alloc.bits)
+    assert dict(again.bits.items()) == dict(alloc.bits.items())

@@ -17,6 +17,7 @@ the model are exactly what the file decodes to.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,8 +100,8 @@ def as_allocation(allocation) -> Allocation:
         return allocation
     if isinstance(allocation, (str, Path)):
         return Allocation.load(allocation)
-    if isinstance(allocation, dict):
-        return Allocation.from_json({"schema": "bitalloc.allocation/1", "bits": allocation,
+    if isinstance(allocation, Mapping):
+        return Allocation.from_json({"schema": "bitalloc.allocation/1", "bits": dict(allocation.items()),
                                      "status": "feasible", "solver": "manual"})
     raise bad("allocation", type(allocation).__name__, "must be an Allocation, a path to one, or a {unit: bits} map")
 
