@@ -20,6 +20,14 @@ batch dimension (up to `max_rows` token rows per stacked run) and run through bl
 the tail together. KL is KL(P_unquantized ‖ P_quantized) of the next-token distribution, mean
 over all token positions; loss is the mean next-token cross-entropy, mean over batches like
 `Task.mean_loss`. Sums are float64; the model's own device and dtype are used throughout.
+
+The tail never forms log-probabilities: with the reference's logits z_ref and p = softmax(z_ref)
+kept from the capture,
+    KL(p ‖ softmax(z)) = lse(z) − lse(z_ref) − p·(z − z_ref),    NLL = lse(z) − z[label],
+so a cell costs the head's matrix product, one log-sum-exp over the vocabulary and one dot
+product (the elementwise log-softmax and KL were a third of a cell's time on SmolLM2). The
+difference z − z_ref is taken of the computed float32 logits on purpose: their rounding (a
+p-weighted bias of ~4e-7 per position) cancels, which matters for the ~1e-5 KLs of 8 bits.
 """
 from __future__ import annotations
 
@@ -90,13 +98,40 @@ def lm_stats(logits, labels, ref_logp=None) -> tuple[float, int, float, int]:
     return nll_sum, int(keep.sum()), kl_sum, int(logits.shape[0] * logits.shape[1])
 
 
+def lse64(logits):
+    """log Σ exp over the last dimension as float64: the exponentials summed in float32 below the
+    row maximum, the log and the maximum added in float64 (a float32 result is only good to
+    ~2e-6 at |lse| ≈ 20, which biases small KL differences)."""
+    m = logits.amax(-1, keepdim=True)
+    s = (logits - m).exp_().sum(-1)
+    return s.double().log() + m.squeeze(-1).double()
+
+
+def tail_stats(logits, labels, ref_z, ref_lse, ref_p) -> tuple[float, int, float, int]:
+    """lm_stats without log-probabilities (see the module docstring). logits, ref_z, ref_p:
+    (B, T, V); labels: (B, T); ref_lse: (B, T) float64."""
+    import torch
+
+    z = logits.float()
+    lse = lse64(z)
+    lab = labels[:, 1:]
+    keep = lab != -100
+    picked = z[:, :-1].gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    nll_sum = float((lse[:, :-1] - picked)[keep].sum())
+    lin = (ref_p * (z - ref_z)).sum(-1)   # p·(z − z_ref); torch's cascade sum (a matmul's long dot loses ~1e-6)
+    kl = (lse - ref_lse) - lin.double()
+    return nll_sum, int(keep.sum()), float(kl.sum()), int(z.shape[0] * z.shape[1])
+
+
 @dataclass
 class _Batch:
     args: list            # per block: positional args after the hidden states
     kwargs: list          # per block: keyword args (cache dropped)
     hidden: list          # per block: input hidden states (B, T, H); plus the last block's output
     labels: object        # (B, T) token ids
-    ref_logp: object      # (B, T, V) float32 reference log-probabilities (None: tail not kept)
+    ref_z: object = None    # (B, T, V) float32 reference logits
+    ref_p: object = None    # (B, T, V) float32 reference probabilities softmax(ref_z)
+    ref_lse: object = None  # (B, T) float64 log-sum-exp of ref_z
 
 
 class BlockReplay:
@@ -138,13 +173,13 @@ class BlockReplay:
 
         task = self.task
         n = len(self.blocks)
-        losses = []
+        losses, ref_losses = [], []
         for batch in task.calib:
             ids = input_ids(batch)
             if tail and ids is None:
                 self.unsupported = "calibration batches are not token ids"
                 return
-            cur = _Batch([None] * n, [None] * n, [None] * (n + 1), None, None)
+            cur = _Batch([None] * n, [None] * n, [None] * (n + 1), None)
             hooks = []
             got = {}
 
@@ -186,13 +221,28 @@ class BlockReplay:
                     self.unsupported = (f"the task's loss ({losses[-1]:.6g}) is not the next-token cross-entropy "
                                         f"({nll / max(cnt, 1):.6g})")
                     return
-                cur.ref_logp = torch.log_softmax(logits.float(), dim=-1)
+                self.keep_reference(cur, logits)
+                r_nll, r_cnt, _, _ = tail_stats(logits, labels, cur.ref_z, cur.ref_lse, cur.ref_p)
+                ref_losses.append(r_nll / r_cnt)
             self.batches.append(cur)
         self.base_loss = float(np.mean(losses))
+        # loss increases are taken against the reference scored by the same arithmetic as the cells
+        self.ref_loss = float(np.mean(ref_losses)) if ref_losses else self.base_loss
+
+    @staticmethod
+    def keep_reference(cur: _Batch, logits) -> None:
+        """What the tail needs of the unquantized run: logits, probabilities, log-sum-exp."""
+        import torch
+
+        cur.ref_z = logits.float()
+        cur.ref_lse = lse64(cur.ref_z)
+        cur.ref_p = torch.exp(cur.ref_z.double() - cur.ref_lse.unsqueeze(-1)).float()
+
+    def normed(self, hidden):
+        return self.norm(hidden) if self.norm is not None else hidden
 
     def tail_logits(self, hidden):
-        h = self.norm(hidden) if self.norm is not None else hidden
-        return self.head(h)
+        return self.head(self.normed(hidden))
 
     # ---- runs --------------------------------------------------------------------------
     def block_out(self, b: int, bi: int, hidden=None):
@@ -240,7 +290,7 @@ class BlockReplay:
                         nll[k] += s_nll / s_n
                         kl[k] += s_kl / s_pos
         nb = len(self.batches)
-        return nll / nb - self.base_loss, kl / nb
+        return nll / nb - self.ref_loss, kl / nb
 
     def tail_stats(self, hidden, B: _Batch) -> tuple[float, int, float, int]:
         """lm_stats over one batch's final hidden states, `chunk_rows` token rows at a time."""
@@ -248,7 +298,8 @@ class BlockReplay:
         per = max(1, self.chunk_rows // T)
         tot = [0.0, 0, 0.0, 0]
         for s in range(0, hidden.shape[0], per):
-            part = lm_stats(self.tail_logits(hidden[s:s + per]), B.labels[s:s + per], B.ref_logp[s:s + per])
+            sl = slice(s, s + per)
+            part = tail_stats(self.tail_logits(hidden[sl]), B.labels[sl], B.ref_z[sl], B.ref_lse[sl], B.ref_p[sl])
             tot = [a + b for a, b in zip(tot, part)]
         return tuple(tot)
 
