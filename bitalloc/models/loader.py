@@ -78,9 +78,9 @@ def load_model(path_or_name, calib=None, samples: int = 8, seq_len: int = 128, d
     _regex("--include", include), _regex("--exclude", exclude)
     common = dict(calib=calib, samples=samples, seq_len=seq_len, seed=seed, held_out=held_out)
     if kind in ("directory", "gguf"):
-        from bitalloc.models import hf
+        from bitalloc.models.hf import load_directory, load_gguf
 
-        load = hf.load_directory if kind == "directory" else hf.load_gguf
+        load = load_directory if kind == "directory" else load_gguf
         return load(str(path_or_name), device=dev, dtype=dt, device_map=device_map, include=include,
                     exclude=exclude, **common)
     fn = _function(BUILTIN[str(path_or_name)] if kind == "builtin" else str(path_or_name))

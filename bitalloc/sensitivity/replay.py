@@ -216,14 +216,13 @@ class BlockReplay:
                         got["logits"].float(), logits.float(), rtol=1e-4, atol=1e-4):
                     self.unsupported = "norm -> head does not reproduce the model's logits"
                     return
-                nll, cnt, _, _ = lm_stats(logits, labels)
+                self.keep_reference(cur, logits)
+                nll, cnt, _, _ = tail_stats(logits, labels, cur.ref_z, cur.ref_lse, cur.ref_p)
                 if cnt == 0 or abs(nll / cnt - losses[-1]) > 1e-4 * max(1.0, abs(losses[-1])):
                     self.unsupported = (f"the task's loss ({losses[-1]:.6g}) is not the next-token cross-entropy "
                                         f"({nll / max(cnt, 1):.6g})")
                     return
-                self.keep_reference(cur, logits)
-                r_nll, r_cnt, _, _ = tail_stats(logits, labels, cur.ref_z, cur.ref_lse, cur.ref_p)
-                ref_losses.append(r_nll / r_cnt)
+                ref_losses.append(nll / cnt)
             self.batches.append(cur)
         self.base_loss = float(np.mean(losses))
         # loss increases are taken against the reference scored by the same arithmetic as the cells

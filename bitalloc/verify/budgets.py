@@ -442,7 +442,7 @@ def verify(task, allocation=None, packed=None, quantizer="rtn", *, group_size: i
     win over the arguments); seeds: random baselines (>= 3 recommended); progress(status) gets one
     line per evaluation. The model's weights are restored before returning.
     """
-    from bitalloc.verify import baselines as bl
+    from bitalloc.verify.baselines import average_bits, bracket, random_at_budget, uniform
     from bitalloc.apply.quantize import Settings, apply, as_allocation
     from bitalloc.quant.pack import read
 
@@ -478,11 +478,11 @@ def verify(task, allocation=None, packed=None, quantizer="rtn", *, group_size: i
         if baselines:
             names = [c.name for c in pk.codes]
             n_params = {c.name: int(c.record["n_params"]) for c in pk.codes}
-            lo, hi = bl.bracket(budget)
+            lo, hi = bracket(budget)
             for b in sorted({lo, hi}):
                 reset()
                 note(f"uniform {b}")
-                apply(model, bl.uniform(names, b), quantizer, **kw)
+                apply(model, uniform(names, b), quantizer, **kw)
                 over = "" if b <= budget + 1e-9 else ", over budget"
                 quality.append({"name": f"uniform {b} bits{over}", "avg_bits": float(b), **task.quality(model)})
             if hi > lo:
@@ -490,9 +490,9 @@ def verify(task, allocation=None, packed=None, quantizer="rtn", *, group_size: i
                 for seed in range(seeds):
                     reset()
                     note(f"random seed {seed}")
-                    bits = bl.random_at_budget(names, [n_params[s] for s in names], budget, seed)
+                    bits = random_at_budget(names, [n_params[s] for s in names], budget, seed)
                     apply(model, bits, quantizer, **kw)
-                    runs.append({"avg_bits": bl.average_bits(bits, n_params), **task.quality(model)})
+                    runs.append({"avg_bits": average_bits(bits, n_params), **task.quality(model)})
                 quality.append(_summary(f"random at the budget ({seeds} seeds)", runs))
     return Report(task.name, settings.to_json(), report, quality, budget)
 
