@@ -13,7 +13,8 @@ from __future__ import annotations
 from bitalloc.allocation import Allocation
 from bitalloc.apply.quantize import QuantizedModel, apply  # the function shadows the module name, as intended
 from bitalloc.errors import BitallocError
-from bitalloc.problem import Constraint, Problem, tie_groups
+from bitalloc.hwcost.constraint import Constraint
+from bitalloc.problem import Problem, tie_groups
 from bitalloc.profile import Profile
 from bitalloc.units import Unit
 from bitalloc.verify.budgets import verify

@@ -12,10 +12,10 @@ from typing import Sequence
 import numpy as np
 
 from bitalloc.errors import BitallocError, bad
-from bitalloc.hwcost.constraint import Constraint  # noqa: F401 (re-exported: bitalloc.Constraint)
+from bitalloc.hwcost.constraint import Constraint
 from bitalloc.hwcost.memory import MemoryCost
 from bitalloc.profile import Profile
-from bitalloc.solvers.compiled import REL_TOL, Compiled, Row, compile_problem, constraint_rows, fits  # noqa: F401 (re-exported)
+from bitalloc.solvers.compiled import Compiled, compile_problem
 
 OBJECTIVES = ("sum", "max")
 

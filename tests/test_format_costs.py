@@ -15,7 +15,7 @@ from bitalloc.hwcost.fpga import FpgaCost
 from bitalloc.hwcost.latency import LatencyCost
 from bitalloc.hwcost.mcu import McuCost
 from bitalloc.hwcost.memory import MemoryCost
-from bitalloc.problem import Constraint, Problem
+from bitalloc import Constraint, Problem
 from bitalloc.quant.integer import format_family, quantizer_for
 
 FORMATS = ["int4", "int8", "fp4_e2m1", "mxfp4", "nvfp4", "fp8_e4m3", "mxfp8_e4m3"]

@@ -12,7 +12,7 @@ from bitalloc import BitallocError, Profile, Unit
 from bitalloc.quant.formats.minifloat import E2M1, E2M3, E3M2, E4M3, E5M2, ELEMENTS
 from bitalloc.quant.formats.spec import parse_format
 from bitalloc.hwcost.memory import MemoryCost
-from bitalloc.problem import Constraint, Problem
+from bitalloc import Constraint, Problem
 from bitalloc.quant.integer import IntQuant, format_family, quantizer_for, scorer_for
 
 from conftest import brute_force

@@ -183,7 +183,7 @@ def test_profile_marks_short_rows_infeasible(profile):
 
 def _solve_mib(profile, src, mib):
     from bitalloc.export.gguf_size import GgufSizeCost
-    from bitalloc.problem import Constraint, Problem
+    from bitalloc import Constraint, Problem
     from bitalloc.solvers import get_solver
 
     cost = GgufSizeCost(source=src)

@@ -12,6 +12,7 @@ from bitalloc import Constraint, Problem, Profile
 from bitalloc.hwcost.base import CostModel
 from bitalloc.hwcost.memory import MemoryCost
 from bitalloc.solvers import get_solver
+from bitalloc.solvers.bounds import min_totals
 
 from conftest import random_profile
 
@@ -240,7 +241,7 @@ def test_greedy_against_ilp_on_medium_problems(seed):
     rng = np.random.default_rng(40 + seed)
     p = random_profile(rng, 120, 5, p_null=0.05, convex=True)
     models = [MemoryCost(), RandomCost(seed), WindowPeak(seed, width=8)]
-    comp_min = Problem(p, [Constraint(m, 1e18) for m in models]).compile().min_totals()
+    comp_min = min_totals(Problem(p, [Constraint(m, 1e18) for m in models]).compile())
     first = get_solver("ilp").solve(Problem(p, [Constraint(models[0], float(np.mean(p.bits)))]))
     # budgets just below what the memory-only optimum uses, so every constraint binds
     cons = [Constraint(models[0], float(np.mean(p.bits)))]

@@ -29,7 +29,9 @@ def run(args) -> int:
     from bitalloc.fileio import check_writable, dumps, publish_all
     from bitalloc.report.pareto import budget_range, csv_text, exact_front, uniform_points
     from bitalloc.hwcost.memory import MemoryCost
-    from bitalloc.problem import Constraint, Problem
+    from bitalloc.hwcost.constraint import Constraint
+    from bitalloc.problem import Problem
+    from bitalloc.solvers.bounds import min_totals
 
     from bitalloc.cli._common import constraints_from_args, fit_reports, load_profile, problem_options
 
@@ -51,7 +53,7 @@ def run(args) -> int:
     rows = exact_front(problem, budgets, **opts)
     uniform = uniform_points(problem, min(budgets), max(budgets))
     if not any(r["status"] != "infeasible" for r in rows):
-        m = min(problem.compile().min_totals()[0] / problem.constraints[0].cost.scale(profile), 1e300)
+        m = min(min_totals(problem.compile())[0] / problem.constraints[0].cost.scale(profile), 1e300)
         raise bad("--budgets", args.budgets, f"every budget is infeasible; the smallest feasible "
                   f"{problem.constraints[0].cost.resource} is {m:.4f}")
     outputs = []  # built in memory, then published together: a failure leaves neither file

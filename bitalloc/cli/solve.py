@@ -67,7 +67,8 @@ def run(args) -> int:
     from bitalloc import solve_budgets
     from bitalloc.fileio import dumps
     from bitalloc.export.gguf_size import GgufSizeCost
-    from bitalloc.problem import Constraint, Problem
+    from bitalloc.hwcost.constraint import Constraint
+    from bitalloc.problem import Problem
     from bitalloc.solvers import SOLVERS, get_solver
 
     from bitalloc.cli._common import constraints_from_args, fit_reports, load_profile, problem_options

@@ -34,7 +34,8 @@ def random_allocations(profile: Profile, n: int, seed: int = 0) -> list[tuple[st
 def ilp_allocations(profile: Profile, budgets) -> list[tuple[str, np.ndarray]]:
     """The ILP optimum under `avg_bits <= budget` for each budget (bits per weight)."""
     from bitalloc.hwcost.memory import MemoryCost
-    from bitalloc.problem import Constraint, Problem
+    from bitalloc.hwcost.constraint import Constraint
+    from bitalloc.problem import Problem
     from bitalloc.solvers import get_solver
 
     prob = Problem(profile, [Constraint(MemoryCost(), float(budgets[0]))])

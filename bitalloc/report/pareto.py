@@ -10,8 +10,9 @@ import numpy as np
 
 from bitalloc.errors import bad
 from bitalloc.fileio import atomic_write
-from bitalloc.problem import Problem, fits
-from bitalloc.profile import default_format
+from bitalloc.problem import Problem
+from bitalloc.solvers.compiled import fits
+from bitalloc.quant.formats.spec import default_format
 
 MAX_BUDGETS = 10_000
 

@@ -13,6 +13,7 @@ import numpy as np
 from bitalloc.allocation import Allocation
 from bitalloc.errors import bad
 from bitalloc.hwcost.memory import MemoryCost
+from bitalloc.solvers.bounds import min_totals, min_totals_jointly
 from bitalloc.solvers.compiled import Compiled, fits
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class Solver(ABC):
 
     @staticmethod
     def _infeasible(comp: Compiled) -> Result | None:
-        if all(fits(t, cap) for t, cap in zip(comp.min_totals(), comp.caps)):
+        if all(fits(t, cap) for t, cap in zip(min_totals(comp), comp.caps)):
             return None
         return Result(None, "infeasible")
 
@@ -170,16 +171,16 @@ def _allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall
     if res.choice is None:
         mins, info = [], res.info
         if res.status == "infeasible":
-            mins = comp.min_totals()
+            mins = min_totals(comp)
             if all(fits(t, cap) for t, cap in zip(mins, comp.caps)):  # each fits alone, not together
-                mins = comp.min_totals_jointly()
+                mins = min_totals_jointly(comp)
                 info = {**info, "min_budgets": "each with the other budgets held"}
         return Allocation({}, res.status, solver, budgets=budgets, wall_s=wall, meta=info,
                           min_budgets={c.cost.resource: float(m / c.cost.scale(p))
                                        for c, m in zip(problem.constraints, mins)})
     choice = res.choice[comp.group]
     objective = comp.objective_value(res.choice)
-    mins = comp.min_totals() if res.status == "infeasible" else []  # an infeasible answer with bits: least violation
+    mins = min_totals(comp) if res.status == "infeasible" else []  # an infeasible answer with bits: least violation
     gap = None
     if res.bound is not None:
         bound = min(res.bound, objective)

@@ -4,7 +4,8 @@ Tied units are merged into one row (their scores and costs summed), pins and bit
 into the allowed mask (disallowed cells are `inf` in S), and every constraint turned into linear
 rows: one dense row for a resource that is a sum over units, one sparse row per liveness point for
 a resource that is a max (CostModel.rows), so `total <= cap` is exactly `every row <= cap`.
-This module depends on no solver (exact bounds call HiGHS lazily through backends.highs).
+This module depends on no solver; the smallest reachable totals (exact, through HiGHS when a
+max over rows needs it) are in solvers/bounds.py.
 """
 from __future__ import annotations
 
@@ -90,19 +91,6 @@ class Compiled:
         """Every linear row as (constraint index, Row)."""
         return [(i, r) for i, rs in enumerate(self.rows) for r in rs]
 
-    def min_totals(self) -> np.ndarray:
-        """Smallest reachable total of each constraint on its own (exact, also for a max over rows)."""
-        ok = self.allowed
-        return np.array([_min_total(rs, ok) for rs in self.rows])
-
-    def min_totals_jointly(self, time_limit: float | None = None) -> np.ndarray:
-        """Smallest total of each constraint while every other constraint keeps its cap (exact
-        MILP per constraint; inf when the others cannot be met together)."""
-        from bitalloc.solvers.backends.highs import min_total
-
-        zero = replace(self, S=np.where(self.allowed, 0.0, np.inf))
-        return np.array([min_total(zero, i, time_limit) for i in range(len(self.rows))])
-
     def totals(self, choice: np.ndarray) -> np.ndarray:
         return np.array([max((r.total(choice) for r in rs), default=0.0) for rs in self.rows])
 
@@ -117,29 +105,6 @@ class Compiled:
 
     def with_caps(self, caps) -> "Compiled":
         return replace(self, caps=np.asarray(caps, dtype=np.float64))
-
-
-def _min_total(rows: list[Row], ok: np.ndarray) -> float:
-    """min over allowed choices of max over rows. Each row alone is smallest at each unit's cheapest
-    candidate; when one candidate of every unit is cheapest in all the unit's rows (always for one
-    row, and when rows scale the same per-unit costs), that choice reaches the max of the row minima.
-    Otherwise the min-max is solved exactly as a small MILP."""
-    mins = [r.cheapest(ok) for r in rows]
-    lower = max((float(m.sum()) for m in mins), default=0.0)
-    if len(rows) <= 1:
-        return lower
-    common = ok.copy()
-    for r, m in zip(rows, mins):
-        sub = (r.C == m[:, None]) & (ok if r.idx is None else ok[r.idx])
-        if r.idx is None:
-            common &= sub
-        else:
-            common[r.idx] &= sub
-    if common.any(axis=1).all():
-        return lower
-    from bitalloc.solvers.backends.highs import min_total
-
-    return min_total(Compiled(np.where(ok, 0.0, np.inf), [rows], np.zeros(1), np.arange(len(ok))), 0)
 
 
 def compile_problem(problem: Problem) -> Compiled:

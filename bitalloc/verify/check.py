@@ -104,7 +104,7 @@ def stated_budget_failures(allocation: Allocation, units: list[Unit], group_size
     import numpy as np
 
     from bitalloc.hwcost.memory import MemoryCost
-    from bitalloc.problem import fits
+    from bitalloc.solvers.compiled import fits
     from bitalloc.verify.budgets import profile_of
 
     filled = set(allocation.meta.get("filled_units", ()))

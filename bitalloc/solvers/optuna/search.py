@@ -34,6 +34,7 @@ import numpy as np
 
 from bitalloc.errors import BitallocError, bad
 from bitalloc.hwcost.memory import MemoryCost
+from bitalloc.solvers.bounds import min_totals
 from bitalloc.solvers.compiled import REL_TOL, Compiled
 from bitalloc.solvers import register
 from bitalloc.solvers.base import Result, Solver, build_allocation
@@ -221,7 +222,7 @@ class OptunaSolver(Solver):
         out = [r.choice for r in (start, warm) if r is not None and r.choice is not None]
         lower = []
         if start is not None and (self.evaluate is not None or len(self.goals) > 1):
-            low = comp.min_totals()
+            low = min_totals(comp)
             for f in (0.25, 0.5, 0.75):
                 r = self._warm(comp.with_caps(low + f * (comp.caps - low)))
                 if r is not None:
