@@ -11,6 +11,7 @@ import numpy as np
 from bitalloc.columns import Names, UnitMap
 from bitalloc.errors import BitallocError, bad
 from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
+from bitalloc.quant.formats.spec import FormatInfo, format_for
 
 SCHEMA = "bitalloc.allocation/1"
 STATUSES = ("optimal", "feasible", "infeasible", "time_limit")
@@ -29,7 +30,9 @@ class Allocation:
 
     Solvers return `bits` and `formats` as `UnitMap`s: read-only mappings over (N,) arrays and the
     profile's names, turned into dicts only when asked (`dict(a.bits)`), so an allocation of 10⁶
-    units holds no per-unit Python objects; `save` writes them to a `.npz` sidecar when large."""
+    units holds no per-unit Python objects; `save` writes them to a `.npz` sidecar when large.
+    `formats` holds the labels (the serialized form); `format_of(name)` is the parsed Format object
+    that apply, verify, the codec and the exporters use."""
 
     bits: Mapping[str, int]
     status: str
@@ -54,6 +57,20 @@ class Allocation:
         budget or spec is caught."""
         self.constraints = [dict(c) for c in specs]
         self.constraints_sha256 = constraints_digest(self.constraints)
+
+    def format_of(self, name: str) -> FormatInfo:
+        """The number format of unit `name` as an object (`quant.formats.spec.format_for`, the
+        function the Profile parses its candidates with, cached: one object per distinct label and
+        bits): its `formats` label, or for a bits-only allocation the default format of its bits
+        (int{b}, fp16, fp32). A label whose element bits disagree with the unit's bits is a
+        one-line error naming the unit."""
+        if name not in self.bits:
+            raise bad("allocation unit", name, "is not a unit of the allocation")
+        b = int(self.bits[name])
+        try:
+            return format_for(self.formats[name] if self.formats else None, b)
+        except BitallocError as e:
+            raise BitallocError(f"allocation unit {name!r} at {b} bits: {e}") from None
 
     def __post_init__(self):
         if self.status not in STATUSES:

@@ -19,7 +19,7 @@ from bitalloc.errors import BitallocError, bad
 from bitalloc.fileio import atomic_write, check_writable, dumps, read_json
 from bitalloc.units import Unit, check_names
 
-from bitalloc.quant.formats.spec import default_format, parse_candidate  # noqa: F401 (default_format re-exported)
+from bitalloc.quant.formats.spec import default_format, format_for
 
 SCHEMA = "bitalloc.profile/1"
 SIDECAR_MIN_UNITS = 20_000  # above this, save() writes the .npz sidecar by default
@@ -77,7 +77,7 @@ class Profile:
         self.bits = _check_bits(bits)
         self.formats = _check_formats(formats, self.bits)
         # one Format object per candidate, parsed once: what estimators, cost models, apply and export use
-        self.format_objects = [parse_candidate(f, b) for f, b in zip(self.formats, self.bits)]
+        self.format_objects = [format_for(f, b) for f, b in zip(self.formats, self.bits)]
         self.names, self.layers, self.kinds = names, layers, kinds
         n = len(names)
         if not all(isinstance(s, str) and s for s in names):

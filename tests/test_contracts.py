@@ -291,3 +291,49 @@ def test_format_objects_parsed_once_and_external_labels_refused_by_name():
         from bitalloc.quant.pack import is_block_float
 
         is_block_float("q4_K")
+
+
+def test_one_format_object_per_unit_through_apply_pack_verify_and_export(cnn, tmp_path):
+    """Allocation.format_of is the one parsed Format of a unit: apply's plan, the codec's records
+    read back from the packed file, verify and the exporters all get the same object, and a
+    bits-only allocation gets its default format explicitly."""
+    from bitalloc.apply.quantize import Settings, apply, plan
+    from bitalloc.export.base import allocation_formats
+    from bitalloc.quant.formats.spec import format_for
+    from bitalloc.quant.pack import read
+    from bitalloc.verify.budgets import check_budgets
+
+    names = [u.name for u in cnn.units("layer", G)]
+    fmts = {n: ("fp4_e2m1" if i == 0 else "int4") for i, n in enumerate(names)}
+    a = Allocation(dict.fromkeys(names, 4), "feasible", "manual", formats=fmts)
+    obj = {n: a.format_of(n) for n in names}
+    assert obj[names[0]].family == "fp" and obj[names[1]] is format_for("int4", 4)
+    p = Profile(cnn.units("layer", G), [4, 4], np.zeros((len(names), 2)), formats=["int4", "fp4_e2m1"])
+    assert p.format_objects[0] is obj[names[1]] and p.format_objects[1] is obj[names[0]]  # the Profile's too
+    steps = plan(cnn.model, a, Settings(group_size=G))
+    assert all(f is obj[u.name] for u, _, f, _ in steps)
+    q = apply(cnn.model, a, group_size=G, inplace=False)
+    pk = read(q.save(tmp_path / "q.safetensors"))
+    assert all(c.format is obj[c.name] for c in pk.codes)  # the records parse to the same objects
+    assert check_budgets(pk, None, a).ok
+    assert allocation_formats(a) == obj
+    bits_only = Allocation({names[0]: 16, names[1]: 4}, "feasible", "manual")
+    assert bits_only.format_of(names[0]).name == "fp16" and bits_only.format_of(names[1]) is obj[names[1]]
+
+
+def test_format_bits_disagreement_is_one_line_at_apply_and_verify(cnn):
+    from bitalloc.apply.quantize import apply
+    from bitalloc.verify.budgets import check_budgets
+
+    names = [u.name for u in cnn.units("layer", G)]
+    good = Allocation(dict.fromkeys(names, 4), "feasible", "manual", formats=dict.fromkeys(names, "int4"))
+    pk = apply(cnn.model, good, group_size=G, inplace=False).packed()
+    bad_ = Allocation.from_json({**good.to_json(), "formats": {**dict.fromkeys(names, "int4"), names[1]: "int8"}})
+    msg = rf"allocation unit '{names[1]}' at 4 bits: format 'int8': has 8-bit elements but the bits given are 4"
+    with pytest.raises(BitallocError, match=msg) as e:
+        apply(cnn.model, bad_, group_size=G, inplace=False)
+    assert "\n" not in str(e.value) and "allowed" in str(e.value)
+    with pytest.raises(BitallocError, match=msg):
+        check_budgets(pk, None, bad_)
+    with pytest.raises(BitallocError, match=r"allocation unit 'nope': is not a unit"):
+        good.format_of("nope")

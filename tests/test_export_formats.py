@@ -30,7 +30,9 @@ def weights(rows, cols, seed):
 
 
 def alloc(formats):
-    bits = {n: int(f[-1]) for n, f in formats.items()}
+    from bitalloc.quant.formats.spec import parse_format
+
+    bits = {n: parse_format(f).bits for n, f in formats.items()}  # each format's element bits
     return Allocation(bits=bits, formats=dict(formats), status="optimal", solver="ilp")
 
 

@@ -6,18 +6,19 @@ import numpy as np
 
 from bitalloc.errors import BitallocError
 from bitalloc.quant.codec import UnitCode, _numpy
+from bitalloc.quant.formats.spec import FormatInfo
 from bitalloc.quant.pack import SCALE_DTYPE, block_scale_tensors, is_block_float
 from bitalloc.units import Unit
 
 
-def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None, encoded=None) -> UnitCode:
+def encode_unit(u: Unit, bits: int, fmt: FormatInfo, quant, w: np.ndarray, wq, X=None, encoded=None) -> UnitCode:
     """One unit's levels, scales and zeros (scales rounded to float16, as stored). w: the unit's
     (rows, cols) weights, numpy or a torch tensor; a tensor is quantized on its device when the
     quantizer and the grid take tensors (RTN on an integer grid), and only the codes come back;
     `encoded`: its (q, scale, zero) when the quantizer already chose them (a sequential
-    quantizer's layer run)."""
+    quantizer's layer run); fmt: the unit's Format object (`Allocation.format_of`), recorded by name."""
     rec = u.to_json()
-    rec.update(bits=bits, format=fmt)
+    rec.update(bits=bits, format=fmt.name)
     if quant is None:  # kept in floating point
         rec["offset"] = 0
         return UnitCode(rec, weight=_numpy(w).astype(np.float16))
@@ -35,7 +36,7 @@ def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None, 
         raise BitallocError(f"unit {u.name!r}: quantizer {wq.name!r} gave levels {lo}..{hi}, outside {bits} bits")
     rec["offset"] = offset
     if is_block_float(fmt):
-        return block_float_code(rec, q, scale, quant, _numpy(w))
+        return block_float_code(rec, fmt, q, scale, quant, _numpy(w))
     scale = np.asarray(scale, dtype=np.float32).astype(SCALE_DTYPE).astype(np.float32)
     if not np.isfinite(scale).all():
         raise BitallocError(f"unit {u.name!r}: a group scale exceeds the float16 range")
@@ -49,10 +50,10 @@ def encode_unit(u: Unit, bits: int, fmt: str, quant, w: np.ndarray, wq, X=None, 
                     scale=scale, zero=zero)
 
 
-def block_float_code(rec: dict, q: np.ndarray, scale, quant, w: np.ndarray) -> UnitCode:
+def block_float_code(rec: dict, fmt: FormatInfo, q: np.ndarray, scale, quant, w: np.ndarray) -> UnitCode:
     """A minifloat unit's codes with its scales kept exactly as the format stores them (FP32, E8M0,
     NVFP4's E4M3 block scales and FP32 tensor scale of this unit's block); no zero-point."""
     t = float(quant.tensor_scale(w)) if hasattr(quant, "tensor_scale") else None
     scale = np.asarray(scale, dtype=np.float32)
-    block_scale_tensors(rec["name"], rec["format"], scale, t)  # raises if not exactly storable
+    block_scale_tensors(rec["name"], fmt, scale, t)  # raises if not exactly storable
     return UnitCode(rec, q=q.astype(np.int8 if rec["bits"] <= 7 else np.int16), scale=scale, tensor_scale=t)

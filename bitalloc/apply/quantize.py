@@ -27,7 +27,7 @@ from bitalloc.allocation import Allocation
 from bitalloc.errors import BitallocError, bad
 from bitalloc.apply.encode import encode_unit
 from bitalloc.quant.codec import UnitCode, write_weights
-from bitalloc.profile import default_format
+from bitalloc.quant.formats.spec import FormatInfo
 from bitalloc.quant.integer import ZERO_KINDS, quantizer_for
 from bitalloc.units import Unit, carve
 
@@ -106,8 +106,9 @@ def as_allocation(allocation) -> Allocation:
     raise bad("allocation", type(allocation).__name__, "must be an Allocation, a path to one, or a {unit: bits} map")
 
 
-def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = None) -> list[tuple[Unit, int, str, object]]:
-    """(unit, bits, format, grid quantizer or None for float) per allocated unit, in model order.
+def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = None) -> list[tuple[Unit, int, FormatInfo, object]]:
+    """(unit, bits, format (`Allocation.format_of`), grid quantizer or None for float) per
+    allocated unit, in model order.
 
     The allocation's unit names decide each layer's granularity (`layer`, `layer:gN` with
     `settings.group_size` columns per group, `layer:cN`); they must name exactly the units of
@@ -151,16 +152,14 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
     out = []
     for u in units:
         b = allocation.bits[u.name]
-        fmt = allocation.formats[u.name] if allocation.formats else default_format(b)
+        fmt = allocation.format_of(u.name)
+        if fmt.family == "ggml":
+            raise bad(f"allocation unit {u.name!r} format", fmt.name, "is a GGML type: write it with `bitalloc export "
+                      "--format gguf` and measure it with `bitalloc verify --runtime llama.cpp --gguf FILE`")
         try:
             quant = quantizer_for(fmt, settings.group_size, settings.symmetric, settings.zero)
         except BitallocError as e:
             raise BitallocError(f"allocation unit {u.name!r} at {b} bits: {e}") from None
-        if getattr(quant, "qtype", None) is not None:
-            raise bad(f"allocation unit {u.name!r} format", fmt, "is a GGML type: write it with `bitalloc export --format gguf` "
-                      "and measure it with `bitalloc verify --runtime llama.cpp --gguf FILE`")
-        if quant is not None and getattr(quant, "bits", b) != b:
-            raise bad(f"allocation unit {u.name!r} format", fmt, f"has {quant.bits} bits, the allocation says {b}")
         out.append((u, b, fmt, quant))
     return out
 

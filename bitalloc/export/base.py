@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bitalloc.allocation import Allocation
 from bitalloc.errors import BitallocError, bad
+from bitalloc.quant.formats.spec import FormatInfo
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ def layer_bits(allocation, accept: tuple[str, ...] = (), what: str = "export for
     if isinstance(allocation, Allocation):
         if not allocation.ok:
             raise bad("allocation status", allocation.status, "has no solution to export")
-        odd = {n: f for n, f in (allocation.formats or {}).items()
-               if not (f.startswith("int") or f.startswith("fp16") or f in accept)}
+        odd = {n: f.name for n, f in allocation_formats(allocation).items()
+               if not (f.family == "int" or f.name == "fp16" or f.name in accept)}
         if odd:
             name = next(iter(odd))
             extra = "".join(f", {a}" for a in accept)
@@ -84,12 +85,15 @@ def layer_bits(allocation, accept: tuple[str, ...] = (), what: str = "export for
     return bits
 
 
-def allocation_formats(allocation) -> dict[str, str]:
-    """unit name → number format of an Allocation or a path to one ({} for a plain bits dict or
-    an allocation without formats: every unit is then an integer width)."""
+def allocation_formats(allocation) -> dict[str, FormatInfo]:
+    """unit name → number format (a Format object, `Allocation.format_of`) of an Allocation or a
+    path to one; {} for a plain bits dict or an allocation without formats (every unit is then an
+    integer width, mapped by the exporter's bits table)."""
     if isinstance(allocation, (str, Path)):
         allocation = Allocation.load(allocation)
-    return dict(allocation.formats or {}) if isinstance(allocation, Allocation) else {}
+    if not isinstance(allocation, Allocation) or not allocation.formats:
+        return {}
+    return {n: allocation.format_of(n) for n in allocation.bits}
 
 
 def fit_bits(bits: dict[str, int], allowed: tuple[int, ...], what: str, round_up: bool) -> tuple[dict[str, int], list[str]]:

@@ -58,10 +58,10 @@ class GgufExport(Exporter):
             imatrix = read_imatrix(imatrix).means()
         self.imatrix = imatrix
 
-    def plan(self, bits: dict[str, int], reader, formats: dict[str, str] | None = None, src=None) -> tuple[dict[str, str], list[str]]:
-        """GGUF tensor name → target type for every allocated unit (formats: unit → number
-        format; `mxfp4` units take MXFP4), and notes on fallbacks. Names follow the source's
-        architecture (gguf-py's tensor-name map)."""
+    def plan(self, bits: dict[str, int], reader, formats: dict | None = None, src=None) -> tuple[dict[str, str], list[str]]:
+        """GGUF tensor name → target type for every allocated unit (formats: unit → Format object,
+        `export.base.allocation_formats`; `mxfp4` units take MXFP4), and notes on fallbacks. Names
+        follow the source's architecture (gguf-py's tensor-name map)."""
         names = gguf_names(bits, "gguf", model_names(None, src) if src is not None else model_names())
         tensors = {t.name: t for t in reader.tensors}
         missing = [n for n, g in names.items() if g not in tensors]
@@ -74,15 +74,15 @@ class GgufExport(Exporter):
             if len(t.shape) != 2:
                 raise bad("allocation unit", name, f"maps to {g}, which is not a 2-D weight")
             fmt = (formats or {}).get(name)
-            exact = type_of_format(fmt) if fmt and fmt in GGML_OR_FLOAT else None
+            exact = type_of_format(fmt.name) if fmt is not None and fmt.name in GGML_OR_FLOAT else None
             if exact is not None:
                 block = BLOCK[exact][0]
                 if int(t.shape[0]) % block:
-                    raise bad(f"allocation format of {name!r}", fmt, f"needs rows of a multiple of {block} weights; {g} has "
+                    raise bad(f"allocation format of {name!r}", fmt.name, f"needs rows of a multiple of {block} weights; {g} has "
                               f"rows of {int(t.shape[0])} (GGML types are never replaced: solve with this type not allowed)")
                 target[g] = exact
                 continue
-            if fmt == "mxfp4":
+            if fmt is not None and fmt.name == "mxfp4":
                 table = {bits[name]: ("MXFP4",)}
             else:
                 table = self.table

@@ -58,10 +58,10 @@ class GgufSizeCost(CostModel):
         from bitalloc.quant.formats.ggml import type_of_format
 
         out = []
-        for f in profile.formats:
-            t = type_of_format(f)
+        for f in profile.format_objects:
+            t = type_of_format(f.name)
             if t is None:
-                raise bad("candidate format", f, "has no GGML type, so no file size: use GGML candidates "
+                raise bad("candidate format", f.name, "has no GGML type, so no file size: use GGML candidates "
                           "(q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, fp16, fp32)")
             out.append(t)
         return out

@@ -40,7 +40,7 @@ class KVMemoryCost(CostModel):
         kv = [i for i, kind in enumerate(profile.kinds) if kind == "kv"]
         if not kv:
             raise bad("profile", profile.meta.get("model", "?"), "has no units of kind kv (profile it with --kind kv)")
-        quantized = [config.quantizer(f) is not None for f in profile.formats]
+        quantized = [config.quantizer(f) is not None for f in profile.format_objects]
         C = np.zeros((profile.n_units, len(profile.bits)))
         for i in kv:
             axis = config.axis(cache_of(profile.names[i]))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitalloc.errors import BitallocError
+from bitalloc.quant.formats.spec import FormatInfo, format_for
 from bitalloc.quant.integer import quantizer_for
 
 
@@ -35,12 +36,26 @@ class UnitCode:
     def bits(self) -> int:
         return int(self.record["bits"])
 
+    @property
+    def format(self) -> FormatInfo:
+        return record_format(self.record)
+
+
+def record_format(record: dict) -> FormatInfo:
+    """A unit record's number format as an object: `format_for` of its `format` label and `bits`
+    (the function allocations and profiles use; a record without a label gets its bits' default
+    format); a label that disagrees with the bits is a one-line error naming the unit."""
+    try:
+        return format_for(record.get("format"), int(record["bits"]))
+    except BitallocError as e:
+        raise BitallocError(f"unit {record.get('name')!r}: {e}") from None
+
 
 def decode_unit(code: UnitCode, settings: dict) -> np.ndarray:
     """float32 (rows, cols) weights of one unit."""
     if code.weight is not None:
         return np.asarray(code.weight, dtype=np.float32)
-    quant = quantizer_for(code.record["format"], settings["group_size"], settings["symmetric"], settings["zero"])
+    quant = quantizer_for(code.format, settings["group_size"], settings["symmetric"], settings["zero"])
     zero = code.zero if code.zero is not None else np.zeros_like(code.scale)
     return quant.decode(code.q, code.scale, zero)
 

@@ -260,10 +260,8 @@ def uniform_plan(units: list[Unit] | list[str], bits) -> dict:
 
 
 def plan_of(allocation) -> dict:
-    """An Allocation's kv units → format (its formats when it has them, else bits)."""
-    if allocation.formats:
-        return dict(allocation.formats)
-    return dict(allocation.bits)
+    """An Allocation's units → format name (`Allocation.format_of`: its label, or its bits' default)."""
+    return {name: allocation.format_of(name).name for name in allocation.bits}
 
 
 def bits_per_token(units: list[Unit], plan: dict, config: KVQuantConfig | None = None,

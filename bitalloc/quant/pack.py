@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bitalloc.errors import BitallocError
-from bitalloc.quant.codec import UnitCode, write_weights
+from bitalloc.quant.codec import UnitCode, record_format, write_weights
 
 FORMAT = "bitalloc.packed/1"
 SCALE_DTYPE = np.float16  # 16 scale bits per group, MemoryCost's default
@@ -68,8 +68,8 @@ def tensors_of(codes: list[UnitCode], settings: dict) -> dict[str, np.ndarray]:
             out[f"{n}.weight"] = np.ascontiguousarray(c.weight, dtype=np.float16)
             continue
         out[f"{n}.q"] = pack_levels(c.q + int(c.record.get("offset", 0)), c.bits)
-        if is_block_float(c.record.get("format")):
-            out.update(block_scale_tensors(n, c.record["format"], c.scale, c.tensor_scale))
+        if is_block_float(c.format):
+            out.update(block_scale_tensors(n, c.format, c.scale, c.tensor_scale))
             continue
         out[f"{n}.scale"] = np.ascontiguousarray(c.scale, dtype=SCALE_DTYPE)
         if c.zero is not None:
@@ -174,8 +174,9 @@ def _decode_unit(r: dict, tensors: dict, settings: dict) -> UnitCode:
         if f"{name}.{part}" not in tensors:
             raise BitallocError(f"unit {name!r}: tensor {name}.{part} is missing")
     q = unpack_levels(tensors[f"{name}.q"], bits, rows * cols).reshape(rows, cols) - int(r.get("offset", 0))
-    if is_block_float(r.get("format")):
-        scale, t = read_block_scales(name, r["format"], tensors)
+    fmt = record_format(r)
+    if is_block_float(fmt):
+        scale, t = read_block_scales(name, fmt, tensors)
         if scale.ndim != 2 or scale.shape[0] != rows:
             raise BitallocError(f"unit {name!r}: scale of shape {scale.shape} does not fit {rows} rows")
         return UnitCode(r, q=q, scale=scale, tensor_scale=t)
@@ -198,14 +199,15 @@ def _decode_unit(r: dict, tensors: dict, settings: dict) -> UnitCode:
 
 def is_block_float(fmt) -> bool:
     """True for the minifloat formats (per-group FP, OCP MX, NVFP4), whose scales are stored in
-    their own form (see the module docstring); False for integers and kept floats (and a record
-    without a format); a name bitalloc does not know is an error."""
-    from bitalloc.quant.integer import format_family
+    their own form (see the module docstring); False for integers and kept floats. fmt: a Format
+    object (`UnitCode.format`, `Allocation.format_of`) or a label; a format bitalloc does not know
+    (an unknown label, an `external` object) is a one-line error."""
+    from bitalloc.quant.formats.spec import parse_format, require
 
-    return fmt is not None and format_family(fmt) in ("fp", "mx", "nvfp4")
+    return require(parse_format(fmt), "its storage").family in ("fp", "mx", "nvfp4")
 
 
-def block_scale_tensors(name: str, fmt: str, scale: np.ndarray, tensor_scale=None) -> dict[str, np.ndarray]:
+def block_scale_tensors(name: str, fmt, scale: np.ndarray, tensor_scale=None) -> dict[str, np.ndarray]:
     """The stored scale tensors of a minifloat unit: `scale` (rows, n_blocks) float32 as the
     quantizer made it; tensor_scale: NVFP4's FP32 per-tensor scale. Raises if a scale is not
     exactly representable in the format's storage form (the file must decode to the same weights)."""
@@ -231,7 +233,7 @@ def block_scale_tensors(name: str, fmt: str, scale: np.ndarray, tensor_scale=Non
     return {f"{name}.scale": codes, f"{name}.tscale": np.array([t], dtype=np.float32)}
 
 
-def read_block_scales(name: str, fmt: str, tensors: dict) -> tuple[np.ndarray, float | None]:
+def read_block_scales(name: str, fmt, tensors: dict) -> tuple[np.ndarray, float | None]:
     """Inverse of `block_scale_tensors`: (scale (rows, n_blocks) float32, NVFP4 tensor scale or None)."""
     from bitalloc.quant.formats.minifloat import E4M3
     from bitalloc.quant.formats.mx import E8M0_MIN

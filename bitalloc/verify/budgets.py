@@ -107,9 +107,9 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
             failures.append(f"unit {name}: in the packed file but not in the allocation")
         elif alloc.bits[name] != b:
             failures.append(f"unit {name}: packed at {b} bits, the allocation says {alloc.bits[name]}")
-        want_fmt = (alloc.formats or {}).get(name)
-        if want_fmt is not None and r.get("format") != want_fmt:
-            failures.append(f"unit {name}: packed as {r.get('format')}, the allocation says {want_fmt}")
+        fmt = c.format
+        if name in alloc.bits and alloc.format_of(name) != fmt:
+            failures.append(f"unit {name}: packed as {fmt.name}, the allocation says {alloc.format_of(name).name}")
         decoded = decode_unit(c, settings)
         block = _block(weights[r["layer"]], r) if weights else decoded
         if weights and not np.array_equal(block, _as_model_dtype(decoded, model, r["layer"])):
@@ -126,12 +126,12 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
                 failures.append(f"unit {name}: packed levels take {qbytes} bytes, {b} bits x {n} weights need {-(-n * b // 8)}")
             level_bits = n * b
             meta_bits = sum(packed.tensors[f"{name}.{p}"].nbytes * 8 for p in META_PARTS if f"{name}.{p}" in packed.tensors)
-            gb = scale_block(r["format"], g)
+            gb = fmt.block or g  # input columns per scale: MX 32, NVFP4 16, `_g<N>`, else the group size
             levels = max_distinct_per_group(block, gb)
             if levels > 2 ** b:
                 failures.append(f"unit {name}: a block of {gb} columns holds {levels} distinct values > 2^{b} = {2 ** b}")
-            failures += storage_failures(r, level_bits + meta_bits, settings)
-            failures += scale_zero_failures(r, packed.tensors, settings)
+            failures += storage_failures(c, level_bits + meta_bits, settings)
+            failures += scale_zero_failures(c, packed.tensors, settings)
         rows.append({"name": name, "bits": b, "n_params": n, "level_bits": level_bits, "meta_bits": meta_bits,
                      "max_levels": levels, **({"filled": True} if name in filled else {})})
     held = [u for u in rows if u["name"] not in filled]  # the units the budgets were set for
@@ -253,13 +253,15 @@ def stray_tensors(packed) -> list[str]:
     return [f"{len(stray)} tensor(s) of no unit, {extra:,} bytes: {', '.join(stray[:3])}"]
 
 
-def scale_zero_failures(record: dict, tensors: dict, settings: dict) -> list[str]:
-    """For an integer unit: its scales must be float16 (rows, groups of `group_size` columns) and
-    its zero-points absent (symmetric), packed at the unit's bits (int) or float16 (float)."""
+def scale_zero_failures(code, tensors: dict, settings: dict) -> list[str]:
+    """For an integer unit (a codec.UnitCode): its scales must be float16 (rows, groups of
+    `group_size` columns) and its zero-points absent (symmetric), packed at the unit's bits (int)
+    or float16 (float)."""
     from bitalloc.quant.pack import SCALE_DTYPE, is_block_float
 
-    if is_block_float(record.get("format")):
+    if is_block_float(code.format):
         return []
+    record = code.record
     name, b = record["name"], int(record["bits"])
     rows, cols = (int(x) for x in record["shape"])
     g = int(settings["group_size"])
@@ -291,29 +293,20 @@ def _scale_dtypes(packed) -> str:
 META_PARTS = ("scale", "zero", "tscale")  # a unit's tensors besides its levels (pack.py)
 
 
-def scale_block(fmt, group_size: int) -> int:
-    """Input columns that share one scale in format `fmt` (MX 32, NVFP4 16, `_g<N>`, else group_size)."""
-    from bitalloc.quant.integer import format_info
-
-    try:
-        return format_info(fmt).block or group_size
-    except BitallocError:
-        return group_size
-
-
-def storage_failures(record: dict, stored_bits: int, settings: dict) -> list[str]:
-    """For a minifloat unit (per-group FP, MX, NVFP4): [a failure] unless its packed levels and
-    scales take exactly its format's `storage_bits` (what MemoryCost with overhead charges)."""
+def storage_failures(code, stored_bits: int, settings: dict) -> list[str]:
+    """For a minifloat unit (a codec.UnitCode: per-group FP, MX, NVFP4): [a failure] unless its
+    packed levels and scales take exactly its format's `storage_bits` (what MemoryCost with
+    overhead charges)."""
     from bitalloc.quant.pack import is_block_float
     from bitalloc.quant.integer import quantizer_for
 
-    if not is_block_float(record["format"]):
+    fmt = code.format
+    if not is_block_float(fmt):
         return []
-    rows, cols = (int(x) for x in record["shape"])
-    want = int(quantizer_for(record["format"], int(settings["group_size"])).storage_bits(rows, cols))
+    rows, cols = (int(x) for x in code.record["shape"])
+    want = int(quantizer_for(fmt, int(settings["group_size"])).storage_bits(rows, cols))
     if stored_bits != want:
-        return [f"unit {record['name']}: {record['format']} levels and scales take {stored_bits} bits, "
-                f"the format stores {want}"]
+        return [f"unit {code.name}: {fmt.name} levels and scales take {stored_bits} bits, the format stores {want}"]
     return []
 
 

@@ -82,7 +82,7 @@ def fill_partial(allocation: Allocation, shapes: Mapping[str, tuple[int, int]], 
     """The allocation with every missing unit of its layers at `bits` (default format). The
     filled names are kept in meta["filled_units"]: budgets are checked on the allocated units
     (what the solver chose them for), the filled ones reported apart."""
-    from bitalloc.profile import default_format
+    from bitalloc.quant.formats.spec import format_for
 
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
         raise bad("--allow-partial", bits, "must be a bit-width from 1 to 16 for the missing units")
@@ -92,7 +92,7 @@ def fill_partial(allocation: Allocation, shapes: Mapping[str, tuple[int, int]], 
     filled = {**allocation.bits, **{n: bits for n in missing}}
     formats = None
     if allocation.formats is not None:
-        formats = {**allocation.formats, **{n: default_format(bits) for n in missing}}
+        formats = {**allocation.formats, **dict.fromkeys(missing, format_for(None, bits).name)}
     meta = {**allocation.meta, "filled_units": missing, "filled_bits": bits}
     return replace(allocation, bits=filled, formats=formats, meta=meta)
 
@@ -108,12 +108,9 @@ def stated_budget_failures(allocation: Allocation, units: list[Unit], group_size
     from bitalloc.verify.budgets import profile_of
 
     filled = set(allocation.meta.get("filled_units", ()))
-    fmts = allocation.formats or {}
-    from bitalloc.profile import default_format
-
     records = [{"name": u.name, "layer": u.layer, "n_params": u.n_params, "shape": list(u.shape),
                 "index": u.index, "axis": u.axis, "bits": allocation.bits[u.name],
-                "format": fmts.get(u.name, default_format(allocation.bits[u.name]))}
+                "format": allocation.format_of(u.name).name}
                for u in units if u.name in allocation.bits and u.name not in filled]
     if not records:
         return []

@@ -10,6 +10,7 @@ A bare bit-width `4` means `int4` (`16` means `fp16`).
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -53,7 +54,10 @@ def default_format(bits: int) -> str:
 
 
 def parse_format(fmt) -> FormatInfo:
-    """FormatInfo of a candidate name (or bare bit-width); raises a one-line error if unknown."""
+    """FormatInfo of a candidate name (or bare bit-width; a FormatInfo is returned as it is);
+    raises a one-line error if unknown."""
+    if isinstance(fmt, FormatInfo):
+        return fmt
     if isinstance(fmt, int) and not isinstance(fmt, bool) or isinstance(fmt, str) and fmt.isdigit():
         b = int(fmt)
         fmt = "fp16" if b == 16 else "fp32" if b == 32 else f"int{b}"
@@ -97,6 +101,30 @@ def parse_candidate(fmt, bits: int) -> FormatInfo:
         return parse_format(fmt)
     except BitallocError:
         return FormatInfo(str(fmt), "external", int(bits))
+
+
+def format_for(label: str | None, bits: int) -> FormatInfo:
+    """The one FormatInfo of a candidate or an allocated unit of `bits` nominal bits: its `label`
+    parsed (`parse_candidate`: a label bitalloc does not know is an explicit `external` format), or,
+    for a bits-only entry (label None), `default_format(bits)` — explicitly, and strictly: a width
+    with no default format (int17 ... int31) is an error, never an `external` label. Cached: every
+    consumer of the same (label, bits) gets the same object. A known format whose element bits are
+    not `bits` is a one-line error naming the label, the bits and what is allowed. Profiles
+    (`Profile.format_objects`) and allocations (`Allocation.format_of`) both use it."""
+    bits = int(bits)
+    info = _format_for(default_format(bits) if label is None else label, bits)
+    if label is None and info.family == "external":
+        parse_format(info.name)  # raises: why this width has no format
+    return info
+
+
+@functools.lru_cache(maxsize=None)
+def _format_for(label: str, bits: int) -> FormatInfo:
+    info = parse_candidate(label, bits)
+    if info.bits != bits:
+        raise bad("format", info.name, f"has {info.bits}-bit elements but the bits given are {bits}; allowed: a "
+                  f"format of {bits}-bit elements (e.g. {default_format(bits)}), or bits {info.bits}")
+    return info
 
 
 def require(info: FormatInfo, what: str) -> FormatInfo:
