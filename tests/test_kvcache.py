@@ -237,6 +237,72 @@ def test_profile_round_trip_solve_and_verify(task, kv_profile, tmp_path):
     assert by["uniform 4"]["bits_per_element"] == 4 and by["unquantized"]["bits_per_element"] == 16
 
 
+def test_kv_bytes_budget_reverified_from_the_packed_kv_records(task, kv_profile, tmp_path):
+    """Solve under a kv_bytes_per_token budget and average bits, apply, verify: the KV bytes are
+    recomputed by the rebuilt KVMemoryCost from the packed kv records (geometry from the model's
+    config) and equal the solver's total; a lowered budget, a kv unit changed after the solve and
+    a geometry the allocation was not solved for are each caught in one line."""
+    import json
+
+    import bitalloc
+    from bitalloc.allocation import Allocation, constraints_digest
+    from bitalloc.fileio import dumps
+    from bitalloc.quant.pack import read
+    from bitalloc.verify.budgets import check_budgets
+
+    p = kv_profile
+    cost = KVMemoryCost()
+    cap = float(cost.costs(p)[:, 1].sum()) * 0.8  # below uniform 4 bits: a mix
+    a = solve(Problem(p, [Constraint(cost, cap), Constraint(MemoryCost(), 4.0)]))
+    assert a.ok and a.meta["kv_elements"] == dict.fromkeys(p.names, E) and a.meta["kv"] == KVQuantConfig().to_meta()
+    a = Allocation.from_json(json.loads(dumps(a.to_json())))  # the stored form
+    q = bitalloc.apply(task.model, a, inplace=False)
+    assert q.codes == [] and len(q.kv["units"]) == 4
+    pk = read(q.save(tmp_path / "kv.safetensors"))
+    assert [(r["elements"], r["n_kv_heads"], r["head_dim"]) for r in pk.kv["units"]] == [(E, KV_HEADS, HEAD_DIM)] * 4
+    assert [r["bits"] for r in pk.kv["units"]] == [a.bits[s] for s in p.names] and pk.kv["config"]["group_size"] == 32
+    rep = check_budgets(pk, None, a)
+    assert rep.ok, rep.failures
+    got = {b["resource"]: b for b in rep.budgets}
+    kvb = got["kv_bytes_per_token"]
+    assert kvb["total"] == pytest.approx(a.totals["kv_bytes_per_token"], rel=1e-12) and kvb["total"] <= cap * (1 + 1e-12)
+    assert kvb["source"] == "cost model kv_memory on the packed kv records (geometry from the model's config)"
+    assert got["avg_bits"]["total"] == pytest.approx(a.avg_bits, rel=1e-12) and got["avg_bits"]["source"] == "packed tensors"
+    report = bitalloc.verify(task, a)  # the whole path: apply, recheck, quality with the cache quantized
+    assert report.ok, report.budget.failures
+    assert report.quality[1]["name"].startswith("allocation") and report.quality[1]["kl"] > 0  # the cache quantized
+
+    def failures(edit, rehash=True, packed=pk):
+        d = json.loads(dumps(a.to_json()))
+        edit(d)
+        if rehash:
+            d["constraints_sha256"] = constraints_digest(d["constraints"])
+        return check_budgets(packed, None, Allocation.from_json(d)).failures
+
+    def lower(d):  # the kv budget lowered in both copies (and re-hashed)
+        d["budgets"]["kv_bytes_per_token"] = d["constraints"][0]["budget"] = a.totals["kv_bytes_per_token"] * 0.9
+    f = failures(lower)
+    assert len(f) == 1 and f[0].startswith("budget kv_bytes_per_token:") and " > " in f[0], f
+    f = failures(lower, rehash=False)
+    assert any("edited after the solve" in x for x in f) and any(x.startswith("budget kv_bytes_per_token:") for x in f), f
+
+    low = next(s for s in p.names if a.bits[s] < 8)  # a kv unit raised to 8 bits after the solve, then applied
+    d = json.loads(dumps(a.to_json()))
+    d["bits"][low] = 8
+    changed = Allocation.from_json(d)
+    pk8 = bitalloc.apply(task.model, changed, inplace=False).packed()
+    f = check_budgets(pk8, None, changed).failures
+    assert any(x.startswith("budget kv_bytes_per_token: recomputed") and "the solver reported" in x for x in f), f
+    f = check_budgets(pk8, None, a).failures  # the file against the allocation as solved
+    assert f"kv unit {low}: recorded as int8 (8 bits), the allocation says int{a.bits[low]} ({a.bits[low]} bits)" in f, f
+
+    def other_geometry(d):  # solved for caches of 64 elements per token, the model caches 32
+        d["meta"]["kv_elements"][p.names[0]] = 64
+    f = failures(other_geometry)
+    assert f == [f"kv unit {p.names[0]}: the model caches {E} elements per token ({KV_HEADS} kv heads x {HEAD_DIM} "
+                 "head_dim), the allocation was solved for 64"], f
+
+
 def test_profile_cli_checks_kind_and_estimator(capsys, tmp_path):
     out = str(tmp_path / "p.json")
     assert main(["profile", "--model", "smollm2", "--out", out]) == 2

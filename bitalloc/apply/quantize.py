@@ -73,11 +73,12 @@ class QuantizedModel:
     codes: list[UnitCode]
     settings: Settings
     allocation: Allocation
+    kv: dict | None = None  # the allocation's kv units with the model's cache geometry (apply/kv.py)
 
     def to_bytes(self) -> bytes:
         from bitalloc.quant.pack import to_bytes
 
-        return to_bytes(self.codes, self.settings.to_json(), self.allocation.to_json())
+        return to_bytes(self.codes, self.settings.to_json(), self.allocation.to_json(), self.kv)
 
     def save(self, path, force: bool = False) -> Path:
         """Write the packed safetensors file atomically (refuses to overwrite without `force`)."""
@@ -91,7 +92,7 @@ class QuantizedModel:
         from bitalloc.quant.pack import PackedModel, tensors_of
 
         s = self.settings.to_json()
-        return PackedModel(self.codes, tensors_of(self.codes, s), s, self.allocation.to_json())
+        return PackedModel(self.codes, tensors_of(self.codes, s), s, self.allocation.to_json(), kv=self.kv)
 
 
 def as_allocation(allocation) -> Allocation:
@@ -112,12 +113,16 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
 
     The allocation's unit names decide each layer's granularity (`layer`, `layer:gN` with
     `settings.group_size` columns per group, `layer:cN`); they must name exactly the units of
-    layers of `model`, else the allocation is for another model (one-line error)."""
+    layers of `model`, else the allocation is for another model (one-line error). KV-cache units
+    (`<attention>.k_cache`, `.v_cache`) have no weights and are left to `apply.kv`."""
+    from bitalloc.apply.kv import is_kv_name
     from bitalloc.models.layers import is_quantizable, shape2d
 
     mods = dict(model.named_modules())
     by_layer: dict[str, set[str]] = {}
     for name in allocation.bits:
+        if is_kv_name(name, mods):  # a cache: recorded by apply.kv, nothing to quantize
+            continue
         by_layer.setdefault(name.split(":")[0], set()).add(name)
     missing = sorted(set(by_layer) - set(mods))
     if missing:
@@ -166,7 +171,7 @@ def plan(model, allocation: Allocation, settings: Settings, macs: dict | None = 
 
 def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetric: bool = False,
           zero: str = "int", options: dict | None = None, calib=None, forward=None, macs: dict | None = None,
-          inplace: bool = True, max_rows: int = 1024, progress=None) -> QuantizedModel:
+          inplace: bool = True, max_rows: int = 1024, progress=None, kv_config=None) -> QuantizedModel:
     """Quantize `model`'s layers as `allocation` says (see the module docstring).
 
     allocation: an Allocation, a path to its JSON, or {unit name: bits}; quantizer: a registered
@@ -174,10 +179,12 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
     zero: the grid; calib: batches for quantizers that need inputs, run as `forward(model, batch)`
     (default `model(batch)`, `model(**batch)` for a dict); macs: layer → MACs per inference for
     the unit records (default: weight elements); inplace: False quantizes a deep copy;
-    progress(done, total) after each unit. Everything is checked, and every unit encoded, before
+    progress(done, total) after each unit; kv_config: the KV quantization settings recorded for the
+    allocation's kv units (a `KVQuantConfig` or its dict; default: the allocation's meta["kv"]). Everything is checked, and every unit encoded, before
     any weight changes (a sequential quantizer writes layer after layer and restores the original
     weights if it fails).
     """
+    from bitalloc.apply.kv import kv_records
     from bitalloc.models.layers import weight2d
     from bitalloc.quant.quantizers import get_quantizer
     from bitalloc.quant.quantizers.base import WeightQuantizer
@@ -189,6 +196,7 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
     settings = Settings(qname, dict(options or {}), group_size, symmetric, zero, max_rows)
     alloc = as_allocation(allocation)
     steps = plan(model, alloc, settings, macs)
+    kv = kv_records(model, alloc, kv_config)
     if wq.needs_inputs and calib is None:
         raise bad("calib", None, f"quantizer {qname!r} needs calibration inputs: pass calib= (a list of batches)")
     if not inplace:
@@ -220,7 +228,7 @@ def apply(model, allocation, quantizer="rtn", *, group_size: int = 128, symmetri
                 progress(len(codes), len(steps))
         X.clear()
     write_weights(model, codes, settings.to_json())
-    return QuantizedModel(model, codes, settings, alloc)
+    return QuantizedModel(model, codes, settings, alloc, kv)
 
 
 def _chunks(steps, mods, settings: Settings, needs_inputs: bool):

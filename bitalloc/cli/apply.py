@@ -53,7 +53,8 @@ def run(args) -> int:
     else:
         q.save(args.out, force=args.force)
     t = report.totals
-    print(f"wrote {args.out}: {len(q.codes)} units, {t['n_params']:,} weights, {t['avg_bits']:.4f} bits/weight "
+    kv = f" + {len(q.kv['units'])} kv-cache units (recorded)" if q.kv else ""
+    print(f"wrote {args.out}: {len(q.codes)} units{kv}, {t['n_params']:,} weights, {t['avg_bits']:.4f} bits/weight "
           f"({t['avg_bits_with_overhead']:.4f} with scales/zeros, {t['file_bits_per_weight']:.4f} in the file); "
           f"quantizer {q.settings.describe()}")
     if t.get("filled_units"):

@@ -90,6 +90,11 @@ class KVQuantConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+def is_cache_name(name: str) -> bool:
+    """True for a kv unit's name (`<attention layer>.k_cache` / `.v_cache`)."""
+    return name.rpartition(".")[2] in CACHES
+
+
 def cache_of(name: str) -> str:
     """`key` or `value` for a kv unit name ending in `.k_cache` / `.v_cache`."""
     suffix = name.rsplit(".", 1)[-1]

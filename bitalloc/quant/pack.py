@@ -17,7 +17,9 @@ of a unit's tensors are exactly its format's `storage_bits` (see `block_scale_te
 Metadata (all strings): `format` = `bitalloc.packed/1`, `allocation` (the allocation JSON),
 `quantizer` (name, options, group_size, symmetric, zero), `units` (one record per unit: name,
 layer, n_params, macs, shape, index, axis, bits, format, offset), and `sha256` over every tensor's
-bytes in name order, so a flipped byte is caught on load. Only the quantized layers are stored:
+bytes in name order, so a flipped byte is caught on load; and, when the allocation has KV-cache
+units, `kv`: their formats, the cache geometry from the model's config and the KV quantization
+settings (bitalloc/apply/kv.py), from which `verify` recomputes the KV bytes per token. Only the quantized layers are stored:
 the file loads back into the same architecture (`PackedModel.load_into(model)`).
 """
 from __future__ import annotations
@@ -88,13 +90,16 @@ def digest(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def to_bytes(codes: list[UnitCode], settings: dict, allocation: dict) -> bytes:
-    """The packed safetensors file as bytes."""
+def to_bytes(codes: list[UnitCode], settings: dict, allocation: dict, kv: dict | None = None) -> bytes:
+    """The packed safetensors file as bytes. kv: the allocation's kv-cache units and settings
+    (apply/kv.py), stored as metadata `kv` when there are any."""
     from safetensors.numpy import save
 
     tensors = tensors_of(codes, settings)
     meta = {"format": FORMAT, "allocation": json.dumps(allocation), "quantizer": json.dumps(settings),
             "units": json.dumps([c.record for c in codes]), "sha256": digest(tensors)}
+    if kv:
+        meta["kv"] = json.dumps(kv)
     return save(tensors, metadata=meta)
 
 
@@ -102,13 +107,16 @@ def to_bytes(codes: list[UnitCode], settings: dict, allocation: dict) -> bytes:
 class PackedModel:
     """A packed file read back. codes: one UnitCode per unit (levels unpacked, scales float32);
     tensors: the raw tensors as stored (their byte sizes are what `verify` counts);
-    settings: the quantizer settings; allocation: the allocation JSON; path: where it came from."""
+    settings: the quantizer settings; allocation: the allocation JSON; path: where it came from;
+    kv: the kv-cache units with their geometry and the KV quantization settings (apply/kv.py), or
+    None when the allocation has no kv units."""
 
     codes: list[UnitCode]
     tensors: dict[str, np.ndarray]
     settings: dict
     allocation: dict
     path: str = ""
+    kv: dict | None = None
 
     def load_into(self, model) -> None:
         """Write each unit's decoded (fake-quantized) weights into `model`'s layers, in place."""
@@ -141,11 +149,26 @@ def read(path) -> PackedModel:
         allocation = json.loads(meta["allocation"])
         records = json.loads(meta["units"])
         codes = [_decode_unit(r, tensors, settings) for r in records]
+        kv = _kv_metadata(meta["kv"]) if "kv" in meta else None
     except BitallocError as e:
         raise BitallocError(f"{where}: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise BitallocError(f"{where}: malformed metadata ({type(e).__name__}: {str(e)[:80]})") from None
-    return PackedModel(codes, tensors, settings, allocation, str(p))
+    return PackedModel(codes, tensors, settings, allocation, str(p), kv)
+
+
+KV_RECORD_KEYS = ("name", "layer", "cache", "bits", "format", "elements", "n_kv_heads", "head_dim", "macs")
+
+
+def _kv_metadata(text: str) -> dict:
+    """The `kv` metadata, checked: {"config": {...}, "units": [records with KV_RECORD_KEYS]}."""
+    kv = json.loads(text)
+    if not isinstance(kv, dict) or not isinstance(kv.get("config"), dict) or not isinstance(kv.get("units"), list):
+        raise BitallocError("kv metadata: must be {config, units}")
+    for r in kv["units"]:
+        if not isinstance(r, dict) or not set(KV_RECORD_KEYS) <= set(r):
+            raise BitallocError(f"kv metadata: unit record {str(r)[:60]} must have {', '.join(KV_RECORD_KEYS)}")
+    return kv
 
 
 def _header_metadata(raw: bytes, where: str) -> dict:

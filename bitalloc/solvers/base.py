@@ -206,7 +206,25 @@ def _allocation(problem: Problem, comp: Compiled, res: Result, solver: str, wall
 
 
 def storage_of(profile) -> dict:
-    """{"storage": the quantizer settings the profile was estimated with (group_size, symmetric,
-    zero: those its meta names)}, kept in the allocation so `verify` can hold a packed file to them."""
+    """What `verify` holds a packed file to, kept in the allocation's meta: "storage", the quantizer
+    settings the profile was estimated with (group_size, symmetric, zero: those its meta names);
+    for a profile with kv units, "kv" (its KV quantization settings, meta["kv"]) and
+    "kv_elements" (each kv unit's cached elements per token, the geometry the budget was solved on)."""
     st = {k: profile.meta[k] for k in ("group_size", "symmetric", "zero") if profile.meta.get(k) is not None}
-    return {"storage": st} if st else {}
+    out = {"storage": st} if st else {}
+    kv = _kv_rows(profile)
+    if len(kv):
+        if profile.meta.get("kv") is not None:
+            out["kv"] = dict(profile.meta["kv"])
+        out["kv_elements"] = {profile.names[i]: int(profile.n_params[i]) for i in kv}
+    return out
+
+
+def _kv_rows(profile) -> np.ndarray:
+    """Indices of the profile's units of kind `kv` (without a Python loop over coded kinds)."""
+    from bitalloc.columns import Coded
+
+    kinds = profile.kinds
+    if isinstance(kinds, Coded):
+        return np.flatnonzero(kinds.codes == kinds.table.index("kv")) if "kv" in kinds.table else np.array([], int)
+    return np.array([i for i, k in enumerate(kinds) if k == "kv"], dtype=int)

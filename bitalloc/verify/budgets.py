@@ -28,6 +28,7 @@ import numpy as np
 from bitalloc.allocation import Allocation
 from bitalloc.errors import BitallocError, bad
 from bitalloc.solvers.compiled import fits
+from bitalloc.verify.kv import kv_cache_quantized, kv_failures, kv_rows
 
 SCHEMA = "bitalloc.verify.budgets/1"
 HIGHER_IS_BETTER = {"accuracy": True, "cosine": True, "cosine_min": True, "perplexity": False, "loss": False}
@@ -49,20 +50,21 @@ class BudgetReport:
         return not self.failures
 
 
-def profile_of(records: list[dict], group_size: int, symmetric: bool = False):
+def profile_of(records: list[dict], group_size: int, symmetric: bool = False, kv_config: dict | None = None):
     """(Profile with one zero-score candidate per distinct (bits, format), choice (N,)) for
-    cost models to price the measured bits of these unit records."""
+    cost models to price the measured bits of these unit records (weight units, and kv units with
+    kind `kv` priced under `kv_config`, the packed KV quantization settings)."""
     from bitalloc.profile import Profile
     from bitalloc.units import Unit
 
     cands = sorted({(int(r["bits"]), r["format"]) for r in records})
     index = {c: k for k, c in enumerate(cands)}
-    units = [Unit(r["name"], r["layer"], n_params=int(r["n_params"]), macs=int(r.get("macs", 0)),
+    units = [Unit(r["name"], r["layer"], r.get("kind", "weight"), n_params=int(r["n_params"]), macs=int(r.get("macs", 0)),
                   shape=tuple(r["shape"]), index=tuple(r["index"]) if r.get("index") is not None else None,
                   axis=r.get("axis")) for r in records]
     choice = np.array([index[(int(r["bits"]), r["format"])] for r in records], dtype=np.int64)
     p = Profile(units, [b for b, _ in cands], np.zeros((len(units), len(cands))), formats=[f for _, f in cands],
-                meta={"group_size": group_size, "symmetric": symmetric})
+                meta={"group_size": group_size, "symmetric": symmetric, **({"kv": kv_config} if kv_config else {})})
     return p, choice
 
 
@@ -95,7 +97,9 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
     settings = packed.settings
     g = int(settings["group_size"])
     alloc = allocation or Allocation.from_json(packed.allocation, where="packed allocation")
-    failures: list[str] = settings_failures(settings, {**alloc.meta.get("storage", {}), **(expected or {})})
+    failures: list[str] = []
+    if packed.codes:  # the weight quantizer's settings (a kv-only file quantizes no weights)
+        failures += settings_failures(settings, {**alloc.meta.get("storage", {}), **(expected or {})})
     failures += stray_tensors(packed)
     filled = set(alloc.meta.get("filled_units", ()))
     weights = _model_weights(model, {c.record["layer"] for c in packed.codes}) if model is not None else {}
@@ -134,13 +138,17 @@ def check_budgets(packed, model=None, allocation: Allocation | None = None, cons
             failures += scale_zero_failures(c, packed.tensors, settings)
         rows.append({"name": name, "bits": b, "n_params": n, "level_bits": level_bits, "meta_bits": meta_bits,
                      "max_levels": levels, **({"filled": True} if name in filled else {})})
+    kv_units, kv_recs = kv_rows(packed.kv)  # KV caches: bits per token, geometry from the model's config
+    failures += kv_failures(packed.kv, alloc, {c.name for c in packed.codes})
+    rows += kv_units
     held = [u for u in rows if u["name"] not in filled]  # the units the budgets were set for
     n_total = sum(u["n_params"] for u in rows)
     n_held = sum(u["n_params"] for u in held) or 1
     measured = {"avg_bits": sum(u["level_bits"] for u in held) / n_held,
                 "avg_bits_with_overhead": sum(u["level_bits"] + u["meta_bits"] for u in held) / n_held}
-    profile, choice = profile_of([c.record for c in packed.codes if c.name not in filled], g,
-                                 bool(settings.get("symmetric"))) if held else profile_of([c.record for c in packed.codes], g)
+    records = [c.record for c in packed.codes if c.name not in filled] + kv_recs
+    profile, choice = profile_of(records or [c.record for c in packed.codes], g, bool(settings.get("symmetric")),
+                                 (packed.kv or {}).get("config"))
     totals = {"n_params": n_total, **measured,
               "file_bits_per_weight": sum(t.nbytes for t in packed.tensors.values()) * 8 / max(n_total, 1),
               "memory_cost_avg_bits": MemoryCost().total(profile, choice),
@@ -212,13 +220,15 @@ def recheck_budgets(alloc: Allocation, profile, choice: np.ndarray, measured: di
             spec = None
         try:
             model_total = cm.total(profile, choice) if cm is not None else None
-        except BitallocError as e:  # e.g. KV bytes: the packed file holds weight units only
-            failures.append(f"budget {resource}: cannot be recomputed from the packed units: {e}")
+        except BitallocError as e:  # e.g. KV bytes from a file written without its kv records
+            failures.append(f"budget {resource}: cannot be recomputed from the packed file: {e}")
             continue
         if resource in measured:
             total, source = measured[resource], "packed tensors"
         else:
             total, source = model_total, f"cost model {cm.name}" + (f" on {cm.device.name}" if getattr(cm, "device", None) else "")
+            if cm.resource == "kv_bytes_per_token":
+                source += " on the packed kv records (geometry from the model's config)"
         solve_total = alloc.totals.get(resource)
         check = model_total if model_total is not None else total
         if spec is not None and solve_total is not None and abs(check - solve_total) > 1e-6 * max(1.0, abs(solve_total)):
@@ -466,7 +476,9 @@ def verify(task, allocation=None, packed=None, quantizer="rtn", *, group_size: i
             pk = apply(model, alloc, quantizer, **kw).packed()
         report = check_budgets(pk, model, alloc, constraints, task=task)
         note("allocation")
-        quality.append({"name": f"allocation ({alloc.solver})", "avg_bits": report.totals["avg_bits"], **task.quality(model)})
+        with kv_cache_quantized(model, pk.kv):  # the allocation's kv units, if any, quantize the cache
+            quality.append({"name": f"allocation ({alloc.solver})", "avg_bits": report.totals["avg_bits"],
+                            **task.quality(model)})
         budget = alloc.budgets.get("avg_bits", report.totals["avg_bits"])
         if baselines:
             names = [c.name for c in pk.codes]

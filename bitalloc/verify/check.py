@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from bitalloc.allocation import Allocation
 from bitalloc.errors import BitallocError, bad
+from bitalloc.quant.kvcache import is_cache_name
 from bitalloc.units import Unit, carve
 
 
@@ -28,7 +29,8 @@ def check_allocation(allocation: Allocation, modules: Sequence[str] | Mapping[st
     known = set(names)
     by_layer: dict[str, set[str]] = {}
     for name in allocation.bits:
-        by_layer.setdefault(name.split(":")[0], set()).add(name)
+        if not is_cache_name(name):  # kv units are caches, not modules: apply.kv checks their layer
+            by_layer.setdefault(name.split(":")[0], set()).add(name)
     unknown = [layer for layer in by_layer if layer not in known]
     if unknown:
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
