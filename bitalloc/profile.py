@@ -80,7 +80,11 @@ class Profile:
         self.format_objects = [format_for(f, b) for f, b in zip(self.formats, self.bits)]
         self.names, self.layers, self.kinds = names, layers, kinds
         n = len(names)
-        if not all(isinstance(s, str) and s for s in names):
+        if isinstance(names, Names):  # columnar: every name is a string; the empty ones from the offsets
+            i = names.first_empty()
+            if i is not None:
+                raise bad(f"units[{i}].name", names[i], "must be a non-empty string")
+        elif not all(isinstance(s, str) and s for s in names):
             i = next(i for i, s in enumerate(names) if not (isinstance(s, str) and s))
             raise bad(f"units[{i}].name", names[i], "must be a non-empty string")
         check_names(names)
@@ -212,8 +216,8 @@ class Profile:
     def _from_sidecar(cls, d, base: Path, meta, extra) -> "Profile":
         side = base / str(d["sidecar"])
         try:
-            z = np.load(side, allow_pickle=False)
-            cols = {k: z[k] for k in z.files}
+            with np.load(side, allow_pickle=False) as z:
+                cols = {k: z[k] for k in z.files}
         except FileNotFoundError:
             raise bad("sidecar", str(side), "file not found next to the profile") from None
         except Exception as e:  # zipfile/format errors of a truncated file
@@ -231,8 +235,8 @@ class Profile:
             if idx.shape != (len(names),) or (len(idx) and (idx.min() < 0 or idx.max() >= len(table))):
                 raise bad("sidecar", str(side), f"{key} must hold {len(names)} indices into its table")
         return cls.from_columns(names, cols["n_params"], d.get("bits"), cols["sensitivity"],
-                                layers=Coded(layer_table, cols["layer_idx"]),
-                                kinds=Coded(kind_table, cols["kind_idx"]),
+                                layers=Coded(layer_table, _narrow(cols.pop("layer_idx"), len(layer_table))),
+                                kinds=Coded(kind_table, _narrow(cols.pop("kind_idx"), len(kind_table))),
                                 macs=cols["macs"], rows=cols["rows"], cols=cols["cols"],
                                 formats=d.get("formats"), meta=meta, extra=extra)
 
@@ -355,6 +359,15 @@ def _factorize(values: list[str]) -> tuple[list[str], np.ndarray]:
     table: dict[str, int] = {}
     idx = np.fromiter((table.setdefault(v, len(table)) for v in values), dtype=np.int64, count=len(values))
     return list(table), idx
+
+
+def _narrow(codes: np.ndarray, n: int) -> np.ndarray:
+    """Codes into a table of n values in the smallest signed integer type that holds them (the
+    sidecar stores int64: 8 bytes per unit for a table of a few names)."""
+    for t in (np.int8, np.int16, np.int32):
+        if n <= np.iinfo(t).max + 1:
+            return codes.astype(t)
+    return codes
 
 
 def _blob(strings: list[str]) -> np.ndarray:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from bitalloc.columns import Names
 from bitalloc.errors import bad
 
 GRANULARITIES = ("layer", "group", "channel")
@@ -19,7 +20,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # C0/C1 controls, li
 
 def check_names(names, field: str = "unit name") -> None:
     """Refuse a name holding a control character (newline, tab, escape, NUL...): names are printed
-    in tables and one-line errors, written to CSV and GGUF keys. One regex pass over all names."""
+    in tables and one-line errors, written to CSV and GGUF keys. One regex pass over all names
+    (over each batch of a columnar `Names`: no list of every name at once)."""
+    if isinstance(names, Names):
+        for batch in names.batches():
+            check_names(batch, field)
+        return
     names = names if isinstance(names, list) else list(names)
     if _CONTROL.search("/".join(names)) is None:
         return
