@@ -70,7 +70,7 @@ class Problem:
     def mask(self) -> np.ndarray:
         """(N, K) bool: allowed by the profile, the bit limits, cost-model feasibility and pins."""
         p = self.profile
-        ok = p.allowed.copy()
+        ok = p.allowed  # a new array
         bits = np.asarray(p.bits)
         if self.min_bits is not None:
             ok &= bits[None, :] >= self.min_bits

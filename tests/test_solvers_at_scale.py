@@ -147,3 +147,60 @@ def test_cli_stream_equals_greedy(tmp_path, capsys):
     capsys.readouterr()
     assert main(["solve", "--profile", str(path), "--budget", "3.25", "--stream", "--pin", "x=4"]) == 2
     assert "does not apply with --stream" in capsys.readouterr().err
+
+
+# ---- memory at 10⁶ units (docs/solvers-at-scale.md): no copies on the greedy's path ----------
+def test_compiled_shares_the_profile_scores_and_keeps_rank_one_costs_as_factors():
+    from bitalloc.solvers.compiled import Outer
+
+    p = synthetic(500, seed=7)
+    comp = Problem.average_bits(p, 3.25).compile()
+    assert np.shares_memory(comp.S, p.sensitivity) and not comp.S.flags.writeable
+    C = comp.C[0]
+    assert isinstance(C, Outer) and C.shape == (500, len(BITS))
+    dense = p.n_params[:, None].astype(np.float64) * np.asarray(BITS, float)[None, :]
+    assert np.array_equal(np.asarray(C), dense) and np.array_equal(C[:, 3], dense[:, 3])
+    rows, cols = np.arange(500), np.arange(500) % len(BITS)
+    assert np.array_equal(C[rows, cols], dense[rows, cols]) and np.array_equal(np.asarray(C[rows[::7]]), dense[::7])
+    assert np.array_equal(2.0 * C - dense, dense) and float(C.sum()) == float(dense.sum())  # the rest: the full matrix
+    pinned = Problem.average_bits(p, 3.25, pins={p.names[0]: 4}).compile()  # a pin changes scores: a copy
+    assert not np.shares_memory(pinned.S, p.sensitivity) and np.isinf(pinned.S[0]).sum() == len(BITS) - 1
+
+
+@pytest.mark.parametrize("budget", [2.1, 3.25, 6.5])
+def test_greedy_on_factored_costs_equals_greedy_on_the_dense_matrix(budget):
+    from dataclasses import replace
+
+    from bitalloc.solvers.compiled import Row
+
+    p = synthetic(5000, seed=8)
+    comp = Problem.average_bits(p, budget).compile()
+    dense = replace(comp, S=np.array(comp.S), rows=[[Row(np.asarray(comp.C[0]))]])
+    a, b = get_solver("greedy")._solve(comp, None), get_solver("greedy")._solve(dense, None)
+    assert np.array_equal(a.choice, b.choice) and a.bound == b.bound and a.info == b.info
+
+
+def test_frontier_efficiency_is_computed_as_it_was_stored():
+    from bitalloc.solvers.frontier import frontier
+
+    p = synthetic(3000, seed=9)
+    comp = Problem.average_bits(p, 3.0).compile()
+    fr = frontier(comp.S, np.asarray(comp.C[0]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.where(np.arange(len(fr.dc))[:, None] < fr.n_seg[None, :], -fr.ds / fr.dc, -1.0)
+    assert np.array_equal(fr.eff, ref) and (fr.n_seg < len(BITS) - 1).any()  # some padded units
+    flat = np.arange(fr.dc.size)[::11]
+    assert np.array_equal(fr.eff_flat(flat), ref.ravel()[flat])
+
+
+def test_names_are_checked_batch_by_batch():
+    from bitalloc.units import check_names
+
+    names = Names.from_list([f"u{i}" for i in range(70_000)] + ["bad\tname"])
+    with pytest.raises(BitallocError, match="control"):
+        check_names(names)
+    check_names(Names.from_list([f"u{i}" for i in range(70_000)]))
+    with pytest.raises(BitallocError, match="non-empty"):
+        Profile.from_columns(Names(np.frombuffer(b"a\n\nc", np.uint8)), np.ones(3, np.int64), [4], np.ones((3, 1)))
+    n = Names.from_list(["ab", "c", "déf"])
+    assert list(n) == ["ab", "c", "déf"] and n[2] == "déf" and n[-1] == "déf" and list(n.starts) == [0, 3, 5]

@@ -57,6 +57,12 @@ class CostModel(ABC):
     def costs(self, profile) -> np.ndarray:
         """C: (N, K) cost of each unit at each candidate, base units."""
 
+    def factors(self, profile) -> tuple[np.ndarray, np.ndarray] | None:
+        """(a: (N,), b: (K,)) float64 when `costs(profile)` is exactly a[:, None] · b[None, :]
+        (a rank-one product, e.g. n_params · bits), so that solvers can keep the two vectors
+        instead of the (N, K) matrix; None otherwise."""
+        return None
+
     def scale(self, profile) -> float:
         return 1.0
 

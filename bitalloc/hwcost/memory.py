@@ -52,6 +52,12 @@ class MemoryCost(CostModel):
             c += self.overhead(profile)
         return c
 
+    def factors(self, profile):
+        """Nominal bits are n_params ⊗ bits (the products `costs` makes, bit for bit)."""
+        if self.count_overhead or type(self).costs is not MemoryCost.costs:
+            return None
+        return profile.n_params.astype(np.float64), np.asarray(profile.bits, dtype=np.float64)
+
     def chosen(self, profile, choice: np.ndarray) -> np.ndarray:
         c = profile.n_params.astype(np.float64) * np.asarray(profile.bits, dtype=np.float64)[choice]
         if self.count_overhead:

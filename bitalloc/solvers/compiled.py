@@ -32,7 +32,8 @@ def fits(total: float, cap: float) -> bool:
 class Row:
     """One linear row of a constraint: Σ_j C[j, choice[idx[j]]] <= the constraint's cap.
 
-    C: (n, K) float64 base-unit costs; idx: (n,) distinct merged-unit rows of S, or None for
+    C: (n, K) float64 base-unit costs (an `Outer` for a rank-one cost such as n_params · bits:
+    columns and gathers from two vectors); idx: (n,) distinct merged-unit rows of S, or None for
     all M rows in order (then C is (M, K)). An additive constraint is one row with idx None."""
 
     C: np.ndarray
@@ -49,6 +50,67 @@ class Row:
             ok = allowed[:, k] if self.idx is None else allowed[self.idx, k]
             np.minimum(best, np.where(ok, self.C[:, k], np.inf), out=best)
         return best
+
+
+class Outer(np.lib.mixins.NDArrayOperatorsMixin):
+    """The (n, K) float64 matrix a[:, None] · b[None, :] of a rank-one cost (n_params · bits),
+    kept as its two factors: a column `X[:, k]`, a gather `X[rows, cols]` and a row subset
+    `X[idx]` are computed from them (the same products as the full matrix, bit for bit), so the
+    greedy's path never holds the (n, K) matrix. Anything else (arithmetic, numpy functions,
+    other ndarray attributes) gets the full matrix, made on demand."""
+
+    ndim = 2
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, a: np.ndarray, b: np.ndarray):
+        self.a = np.ascontiguousarray(a, dtype=np.float64)
+        self.b = np.ascontiguousarray(b, dtype=np.float64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.a), len(self.b)
+
+    @property
+    def size(self) -> int:
+        return len(self.a) * len(self.b)
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.multiply.outer(self.a, self.b)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple) and len(key) == 2:
+            r, c = key
+            if isinstance(r, slice) and r == slice(None) and _is_index(c) and np.ndim(c) == 0:
+                return self.a * self.b[c]  # column
+            if _is_index(r) and _is_index(c):
+                return self.a[r] * self.b[c]  # gather
+        elif _is_index(key) or isinstance(key, slice) or (isinstance(key, np.ndarray) and key.dtype == bool and key.ndim == 1):
+            return Outer(self.a[key], self.b)  # rows
+        return np.asarray(self)[key]
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if any(isinstance(x, Outer) for x in kwargs.get("out", ())):
+            return NotImplemented  # read-only: no in-place update of the factors' matrix
+        inputs = tuple(np.asarray(x) if isinstance(x, Outer) else x for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __getattr__(self, name):  # sum, max, ravel, T, copy, ...: on the full matrix
+        if name.startswith("_") or name in ("a", "b"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
+
+    def __repr__(self):
+        return f"Outer({len(self.a)} x {len(self.b)})"
+
+
+def _is_index(x) -> bool:
+    """An integer or an integer array (what indexes one axis by position)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) or (
+        isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.integer))
 
 
 @dataclass
@@ -112,7 +174,8 @@ def compile_problem(problem: Problem) -> Compiled:
     feasibility folded into S, tied units merged, every constraint as its linear rows."""
     p = problem.profile
     ok = problem.mask()
-    S = np.where(ok, p.sensitivity, np.inf)
+    S = _scores(p.sensitivity, ok)
+    del ok
     caps = np.array([c.budget * c.cost.scale(p) for c in problem.constraints], dtype=np.float64)
     group = problem.groups()
     m = int(group.max()) + 1
@@ -126,10 +189,24 @@ def compile_problem(problem: Problem) -> Compiled:
     return Compiled(S, rows, caps, group, problem.objective, tuple(c.cost.resource for c in problem.constraints))
 
 
+def _scores(sens: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """`sens` where allowed, inf elsewhere. When the mask drops no finite score (no pins, bit
+    limits or target), that is the profile's own array: a read-only view, no (N, K) copy."""
+    if (sens.dtype == np.float64 and sens.flags.c_contiguous
+            and np.count_nonzero(ok) == np.count_nonzero(np.isfinite(sens))):  # ok ⊆ finite: equal
+        S = sens.view()
+        S.flags.writeable = False
+        return S
+    return np.where(ok, sens, np.inf)
+
+
 def constraint_rows(cost: CostModel, profile: Profile, group: np.ndarray, m: int) -> list[Row]:
     """The linear rows of one cost model on the merged units (tied units' costs summed)."""
     N, K = profile.n_units, len(profile.bits)
     if cost.additive:  # the fast path of 10⁶-unit problems: shape checked, values trusted as before
+        f = cost.factors(profile) if m == N else None
+        if f is not None and np.shape(f[0]) == (N,) and np.shape(f[1]) == (K,):
+            return [Row(Outer(*f))]  # n_params ⊗ bits: two vectors, no (N, K) matrix
         C = np.asarray(cost.costs(profile), dtype=np.float64)
         if C.shape != (N, K):
             raise bad(f"cost model {cost.name}: cost matrix shape", C.shape, f"must be {(N, K)}")

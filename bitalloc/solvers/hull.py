@@ -24,36 +24,55 @@ class LpGreedy:
 
 
 def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> LpGreedy:
-    """Solve the LP relaxation on the hulls and round it down."""
+    """Solve the LP relaxation on the hulls and round it down. Segment by segment row (j): no
+    temporaries of the hulls' (K-1, M) size but the `take` mask (bool)."""
     M = len(fr.start)
     units = np.arange(M)
     base_cost = C[units, fr.start].sum()
     base_obj = S[units, fr.start].sum()
     room = cap - base_cost
-    e, dc, ds = fr.eff.ravel(), fr.dc.ravel(), fr.ds.ravel()  # flat index = segment j · M + unit
+    dc, ds = fr.dc.ravel(), fr.ds.ravel()  # flat index = segment j · M + unit
     if dc.sum() <= room:  # everything fits: every unit at its least-loss candidate (padding has dc = 0)
         choice = fr.candidate(fr.n_seg)
         return LpGreedy(choice, float(S[units, choice].sum()), 0.0)
-    bucket = _log_buckets(e)  # 0 = zero-cost upgrades (inf), then decreasing efficiency
-    cum = np.cumsum(np.bincount(bucket, weights=dc))  # padding has dc = 0 and sorts last
+    del units
+    # cost per efficiency bucket (0 = zero-cost upgrades (inf), then decreasing efficiency),
+    # added in flat order as one bincount over all segments would: the same sums, bit for bit
+    hist = np.zeros(N_BUCKETS)
+    for j in range(len(fr.dc)):
+        np.add.at(hist, _log_buckets(fr.eff_row(j)), fr.dc[j])  # padding has dc = 0 and sorts last
+    cum = np.cumsum(hist, out=hist)
     b = int(np.searchsorted(cum, room, side="right"))
     before = cum[b - 1] if b > 0 else 0.0
-    take = bucket < b
-    members = np.flatnonzero(bucket == b)
-    members = members[np.lexsort((members // M, -e[members]))]
+    del cum, hist
+    take = np.empty(fr.dc.shape, bool)
+    members = []
+    for j in range(len(fr.dc)):
+        bucket = _log_buckets(fr.eff_row(j))
+        np.less(bucket, b, out=take[j])
+        members.append(j * M + np.flatnonzero(bucket == b))
+    bucket = None
+    members = np.concatenate(members) if members else np.zeros(0, np.int64)
+    e = fr.eff_flat(members)
+    order = np.lexsort((members // M, -e))
+    members, e = members[order], e[order]
     csum = before + np.cumsum(dc[members])
     n_fit = int(np.searchsorted(csum, room, side="right"))
-    take[members[:n_fit]] = True
-    taken = take.reshape(fr.eff.shape).sum(0)
+    take.ravel()[members[:n_fit]] = True
+    taken = take.sum(0)
     choice = fr.candidate(taken)
-    obj = float(base_obj + np.add.reduce(ds, where=take))
+    obj = float(base_obj + np.add.reduce(ds, where=take.ravel()))
     bound, dual = obj, 0.0
     if n_fit < len(members):  # the fractional segment of the LP optimum
         f = members[n_fit]
         used = csum[n_fit - 1] if n_fit else before
         bound = obj + (room - used) / dc[f] * ds[f]
-        dual = e[f]
+        dual = e[n_fit]
     return LpGreedy(choice, float(bound), float(dual))
+
+
+_TOP = int(np.array(np.inf).view(np.int64) >> 45)
+N_BUCKETS = _TOP - (np.iinfo(np.int64).min >> 45) + 1  # every bucket _log_buckets can give
 
 
 def _log_buckets(e: np.ndarray) -> np.ndarray:
@@ -62,8 +81,7 @@ def _log_buckets(e: np.ndarray) -> np.ndarray:
     mantissa bits) give buckets 1/128 of an octave wide. +inf lands in bucket 0; negative values
     (padding) land after every real one."""
     v = e.view(np.int64) >> 45
-    top = np.int64(np.array(np.inf).view(np.int64) >> 45)
-    np.subtract(top, v, out=v)
+    np.subtract(np.int64(_TOP), v, out=v)
     return v
 
 

@@ -133,12 +133,13 @@ def stream_greedy(profile_path, budget: float, block: int = BLOCK, passes: int =
         if everything:
             choice[a:b] = fr.candidate(fr.n_seg)
             continue
-        bucket = _log_buckets(fr.eff.ravel()).reshape(fr.eff.shape)
+        eff = fr.eff
+        bucket = _log_buckets(eff.ravel()).reshape(eff.shape)
         take = bucket < bt
         obj += float(np.add.reduce(fr.ds, where=take, axis=None))
         choice[a:b] = fr.candidate(take.sum(0))
         j, u = np.nonzero(bucket == bt)
-        mem.append((j * N + a + u, fr.eff[j, u], fr.dc[j, u], fr.ds[j, u], fr.to[j, u]))
+        mem.append((j * N + a + u, eff[j, u], fr.dc[j, u], fr.ds[j, u], fr.to[j, u]))
     bound = obj
     if everything:
         bound = None
