@@ -41,9 +41,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy
-import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from bitalloc import Problem, Profile
 from bitalloc.data import default_profile_path
@@ -114,7 +111,10 @@ def naive_core(S, C, cap):
 
 def mckp_model(S, C, cap):
     """The 0/1 model with scipy.sparse: objective, equality rows (one per unit), budget row.
-    Each row's minimum loss is subtracted and the budget row scaled, as any careful model would."""
+    Each row's minimum loss is subtracted and the budget row scaled, as any careful model would.
+    (scipy is imported here, not at the top: a `--row` process imports only what a user's does.)"""
+    import scipy.sparse as sp
+
     M, _ = S.shape
     row, cand = np.nonzero(np.isfinite(S))
     rmin = np.where(np.isfinite(S), S, np.inf).min(1)
@@ -126,12 +126,16 @@ def mckp_model(S, C, cap):
 
 
 def scipy_lp(S, C, cap) -> float:
+    from scipy.optimize import linprog
+
     c, eq, ub, ucap, scale, off = mckp_model(S, C, cap)
     r = linprog(c, A_ub=ub, b_ub=[ucap], A_eq=eq, b_eq=np.ones(eq.shape[0]), bounds=(0, 1), method="highs")
     return r.fun * scale + off
 
 
 def scipy_milp(S, C, cap, time_limit=None) -> tuple[float, str]:
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
     c, eq, ub, ucap, scale, off = mckp_model(S, C, cap)
     cons = [LinearConstraint(eq, 1, 1), LinearConstraint(ub, -np.inf, ucap)]
     r = milp(c, constraints=cons, integrality=np.ones(len(c)), bounds=Bounds(0, 1),
@@ -311,6 +315,10 @@ def scale_row(solver: str, path: str, time_limit: float | None) -> dict:
         p = Profile.load(path)
         load_s = time.perf_counter() - t0
         a = get_solver(solver, **({"time_limit": time_limit} if time_limit else {})).solve(Problem.average_bits(p, BUDGET))
+    out = Path(path).with_name(f"alloc-{solver}.json")
+    a.save(out, force=True)  # the whole job: load, solve, write the allocation (with its .npz sidecar)
+    out.unlink()
+    out.with_suffix(".npz").unlink(missing_ok=True)
     return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, "load": load_s, "solve": a.wall_s,
             "rss": peak_rss_mb(),
             "rss_children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -396,6 +404,8 @@ def main():
         print("\n".join(f"- PROBLEM: {p}" for p in PROBLEMS) if PROBLEMS else "- all correctness checks passed")
         return 1 if PROBLEMS else 0
     print(f"$ python benchmarks/solvers.py {' '.join(sys.argv[1:])}".rstrip())
+    import scipy
+
     print(f"\npython {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
           f"{platform.machine()} {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, "
           f"median of {args.repeats} runs")
