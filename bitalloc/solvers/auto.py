@@ -100,17 +100,27 @@ class AutoSolver(Solver):
         free = np.flatnonzero(np.isfinite(S).sum(1) > 1)
         if len(free) <= self.exact_units:
             return sub, True
-        with np.errstate(invalid="ignore"):
-            red = comp.S[free] + dual * comp.C[0][free]
-        red = np.where(np.isfinite(S[free]), red, np.inf)
-        red -= red.min(1, keepdims=True)
-        red[np.arange(len(free)), choice[free]] = np.inf  # the cheapest move away from the greedy's choice
-        red[red == 0] = np.inf
-        keep = free[np.argpartition(red.min(1), self.exact_units)[:self.exact_units]]
-        held = np.ones(len(S), bool)
-        held[keep] = False
-        hold = np.flatnonzero(held)
-        S = S.copy()
-        S[hold] = np.inf
-        S[hold, choice[hold]] = comp.S[hold, choice[hold]]
-        return replace(sub, S=S), False
+        # reduced cost of each free unit's cheapest move away from the greedy's choice, column by
+        # column (no (free, K) temporaries)
+        C, at = comp.C[0], choice[free]
+
+        def priced(k):  # S + dual·C of the free units' surviving cells in column k, inf elsewhere
+            with np.errstate(invalid="ignore"):
+                return np.where(np.isfinite(S[free, k]), comp.S[free, k] + dual * C[free, k], np.inf)
+
+        rmin = np.full(len(free), np.inf)
+        for k in range(S.shape[1]):
+            np.minimum(rmin, priced(k), out=rmin)
+        best = np.full(len(free), np.inf)
+        for k in range(S.shape[1]):
+            r = priced(k) - rmin
+            r[(at == k) | (r == 0)] = np.inf
+            np.minimum(best, r, out=best)
+        keep = free[np.argpartition(best, self.exact_units)[:self.exact_units]]
+        part = S[keep]
+        S = sub = None  # the fixed scores are not needed any more: free them first
+        out = np.full(comp.S.shape, np.inf)  # held units: only their greedy choice; kept: what survived fixing
+        rows = np.arange(len(out))
+        out[rows, choice] = comp.S[rows, choice]
+        out[keep] = part
+        return replace(comp, S=out), False

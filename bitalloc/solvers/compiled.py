@@ -40,8 +40,7 @@ class Row:
     idx: np.ndarray | None = None
 
     def total(self, choice: np.ndarray) -> float:
-        sel = choice if self.idx is None else choice[self.idx]
-        return float(self.C[np.arange(len(sel)), sel].sum())
+        return float(chosen(self.C, choice if self.idx is None else choice[self.idx]).sum())
 
     def cheapest(self, allowed: np.ndarray) -> np.ndarray:
         """(n,) smallest cost of each of the row's units over its allowed candidates (allowed: (M, K))."""
@@ -86,8 +85,12 @@ class Outer(np.lib.mixins.NDArrayOperatorsMixin):
             r, c = key
             if isinstance(r, slice) and r == slice(None) and _is_index(c) and np.ndim(c) == 0:
                 return self.a * self.b[c]  # column
+            if _is_index(r) and _is_index(c) and np.ndim(r) > 0 and np.shape(r) == np.shape(c):
+                out = self.a[r]  # gather: a new array, multiplied in place
+                out *= self.b[c]
+                return out
             if _is_index(r) and _is_index(c):
-                return self.a[r] * self.b[c]  # gather
+                return self.a[r] * self.b[c]
         elif _is_index(key) or isinstance(key, slice) or (isinstance(key, np.ndarray) and key.dtype == bool and key.ndim == 1):
             return Outer(self.a[key], self.b)  # rows
         return np.asarray(self)[key]
@@ -105,6 +108,13 @@ class Outer(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __repr__(self):
         return f"Outer({len(self.a)} x {len(self.b)})"
+
+
+def chosen(C, choice: np.ndarray) -> np.ndarray:
+    """(M,) C[m, choice[m]] of every row m; for an `Outer`, from its factors (no index array)."""
+    if isinstance(C, Outer):
+        return C.a * C.b[choice]
+    return C[np.arange(len(choice)), choice]
 
 
 def _is_index(x) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bitalloc.solvers.compiled import chosen
 from bitalloc.solvers.frontier import Frontier
 
 
@@ -27,20 +28,18 @@ def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> LpGreed
     """Solve the LP relaxation on the hulls and round it down. Segment by segment row (j): no
     temporaries of the hulls' (K-1, M) size but the `take` mask (bool)."""
     M = len(fr.start)
-    units = np.arange(M)
-    base_cost = C[units, fr.start].sum()
-    base_obj = S[units, fr.start].sum()
+    base_cost = chosen(C, fr.start).sum()
+    base_obj = chosen(S, fr.start).sum()
     room = cap - base_cost
     dc, ds = fr.dc.ravel(), fr.ds.ravel()  # flat index = segment j · M + unit
     if dc.sum() <= room:  # everything fits: every unit at its least-loss candidate (padding has dc = 0)
         choice = fr.candidate(fr.n_seg)
-        return LpGreedy(choice, float(S[units, choice].sum()), 0.0)
-    del units
+        return LpGreedy(choice, float(chosen(S, choice).sum()), 0.0)
     # cost per efficiency bucket (0 = zero-cost upgrades (inf), then decreasing efficiency),
     # added in flat order as one bincount over all segments would: the same sums, bit for bit
     hist = np.zeros(N_BUCKETS)
     for j in range(len(fr.dc)):
-        np.add.at(hist, _log_buckets(fr.eff_row(j)), fr.dc[j])  # padding has dc = 0 and sorts last
+        np.add.at(hist, _row_buckets(fr, j), fr.dc[j])  # padding has dc = 0 and sorts last
     cum = np.cumsum(hist, out=hist)
     b = int(np.searchsorted(cum, room, side="right"))
     before = cum[b - 1] if b > 0 else 0.0
@@ -48,7 +47,7 @@ def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> LpGreed
     take = np.empty(fr.dc.shape, bool)
     members = []
     for j in range(len(fr.dc)):
-        bucket = _log_buckets(fr.eff_row(j))
+        bucket = _row_buckets(fr, j)
         np.less(bucket, b, out=take[j])
         members.append(j * M + np.flatnonzero(bucket == b))
     bucket = None
@@ -59,7 +58,7 @@ def lp_greedy(S: np.ndarray, C: np.ndarray, cap: float, fr: Frontier) -> LpGreed
     csum = before + np.cumsum(dc[members])
     n_fit = int(np.searchsorted(csum, room, side="right"))
     take.ravel()[members[:n_fit]] = True
-    taken = take.sum(0)
+    taken = take.sum(0, dtype=np.int8)  # at most K - 1 segments per unit
     choice = fr.candidate(taken)
     obj = float(base_obj + np.add.reduce(ds, where=take.ravel()))
     bound, dual = obj, 0.0
@@ -75,14 +74,20 @@ _TOP = int(np.array(np.inf).view(np.int64) >> 45)
 N_BUCKETS = _TOP - (np.iinfo(np.int64).min >> 45) + 1  # every bucket _log_buckets can give
 
 
-def _log_buckets(e: np.ndarray) -> np.ndarray:
+def _log_buckets(e: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Bucket of each efficiency, most efficient first, without a log or a sort: the float64 bit
     pattern of a non-negative number sorts like the number, so its top bits (exponent and 7
     mantissa bits) give buckets 1/128 of an octave wide. +inf lands in bucket 0; negative values
-    (padding) land after every real one."""
-    v = e.view(np.int64) >> 45
+    (padding) land after every real one. `out`: int64 array to write to (may be `e.view(np.int64)`)."""
+    v = np.right_shift(e.view(np.int64), 45, out=out)
     np.subtract(np.int64(_TOP), v, out=v)
     return v
+
+
+def _row_buckets(fr: Frontier, j: int) -> np.ndarray:
+    """(M,) bucket of segment j of each unit, in the memory of its efficiency row."""
+    e = fr.eff_row(j)
+    return _log_buckets(e, out=e.view(np.int64))
 
 
 def fill(S: np.ndarray, C: np.ndarray, cap: float, choice: np.ndarray, passes: int = 4,
@@ -92,7 +97,7 @@ def fill(S: np.ndarray, C: np.ndarray, cap: float, choice: np.ndarray, passes: i
     (argpartition, no full sort); a pass that moves something is followed by another."""
     choice = choice.copy()
     for _ in range(passes):
-        left = cap - C[np.arange(len(choice)), choice].sum()
+        left = cap - chosen(C, choice).sum()
         moves, cheapest = fill_moves(S, C, choice, left, chunk)
         left, moved = apply_moves(moves, choice, left, chunk)
         if not moved or left < cheapest:
@@ -105,8 +110,7 @@ def fill_moves(S: np.ndarray, C: np.ndarray, choice: np.ndarray, left: float, ch
     candidate column that fit in `left`, the cheapest extra cost of any improving move that fits).
     The top `chunk` of a union of blocks' tops is the top `chunk` of the whole: `stream.py` calls
     this block by block."""
-    units = np.arange(len(choice))
-    cur_c, cur_s = C[units, choice], S[units, choice]
+    cur_c, cur_s = chosen(C, choice), chosen(S, choice)
     parts = []
     cheapest = np.inf  # the cheapest improving move that fits, kept or not
     for k in range(S.shape[1]):

@@ -98,12 +98,18 @@ def fix_by_reduced_cost(comp: Compiled, dual: float, lower: float, upper: float)
     allocation that beats the incumbent.
     """
     S, C = comp.S, comp.C[0]
-    with np.errstate(invalid="ignore"):
-        red = S + dual * C
-    red = red - np.where(np.isfinite(red), red, np.inf).min(1, keepdims=True)
     slack = (upper - lower) + 1e-9 * max(abs(upper), 1e-300)
-    keep = np.isfinite(S) & (red <= slack)
-    return replace(comp, S=np.where(keep, S, np.inf))
+    K = S.shape[1]
+    with np.errstate(invalid="ignore"):  # column by column: no (M, K) temporaries at 10⁶ units
+        rmin = np.full(len(S), np.inf)  # min over the row's finite S + dual·C
+        for k in range(K):
+            v = S[:, k] + dual * C[:, k]
+            np.minimum(rmin, np.where(np.isfinite(v), v, np.inf), out=rmin)
+        out = np.empty(S.shape)
+        for k in range(K):
+            red = (S[:, k] + dual * C[:, k]) - rmin
+            out[:, k] = np.where(np.isfinite(S[:, k]) & (red <= slack), S[:, k], np.inf)
+    return replace(comp, S=out)
 
 
 def _minmax_start(comp: Compiled, warm: Result | None):
