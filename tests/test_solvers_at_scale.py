@@ -204,3 +204,18 @@ def test_names_are_checked_batch_by_batch():
         Profile.from_columns(Names(np.frombuffer(b"a\n\nc", np.uint8)), np.ones(3, np.int64), [4], np.ones((3, 1)))
     n = Names.from_list(["ab", "c", "déf"])
     assert list(n) == ["ab", "c", "déf"] and n[2] == "déf" and n[-1] == "déf" and list(n.starts) == [0, 3, 5]
+
+
+def test_tables_of_a_large_allocation_show_60_units_without_a_dict_of_every_unit():
+    import io
+
+    from rich.console import Console
+
+    from bitalloc.report.tables import render
+
+    a = bitalloc.solve(synthetic(30_000, seed=10), 3.25, solver="greedy")
+    buf = io.StringIO()
+    render([a], console=Console(file=buf, width=120))
+    text = buf.getvalue()
+    assert "29940 more (use --json or --out)" in text and "units per bit-width" in text
+    assert a.bits._index is None  # no name → row dict was built

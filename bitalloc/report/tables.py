@@ -1,17 +1,21 @@
 """Readable terminal tables for allocations (rich): a bit map per layer and the totals."""
 from __future__ import annotations
 
+import itertools
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 
 from bitalloc.allocation import Allocation
+from bitalloc.columns import UnitMap
 
 _BLOCK = re.compile(r"^(?P<pre>.*?)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 
 
-def bit_grid(bits: dict[str, int]) -> tuple[list[str], list[str], dict[tuple[str, str], int]] | None:
+def bit_grid(bits: Mapping[str, int], max_rows: int | None = None) -> tuple[list[str], list[str], dict[tuple[str, str], int]] | None:
     """Rows = numbered blocks (`model.layers.7`), columns = module within the block
-    (`self_attn.q_proj`), when every unit name has that form; else None."""
+    (`self_attn.q_proj`), when every unit name has that form (and there are at most `max_rows`
+    blocks, when given: the scan stops at the first one more); else None."""
     cells: dict[tuple[str, str], int] = {}
     rows: OrderedDict[str, None] = OrderedDict()
     cols: OrderedDict[str, None] = OrderedDict()
@@ -21,6 +25,8 @@ def bit_grid(bits: dict[str, int]) -> tuple[list[str], list[str], dict[tuple[str
             return None
         r = f"{m['pre']}.{m['idx']}"
         rows[r] = None
+        if max_rows is not None and len(rows) > max_rows:
+            return None
         cols[m["rest"]] = None
         cells[(r, m["rest"])] = b
     return list(rows), list(cols), cells
@@ -37,8 +43,8 @@ def render(allocs: list[Allocation], console=None, max_rows: int = 60) -> None:
     console = console or Console()
     for a in allocs:
         if a.bits:
-            grid = bit_grid(_labels(a))
-            if grid and len(grid[0]) <= max_rows:
+            grid = bit_grid(_labels(a), max_rows)
+            if grid:
                 rows, cols, cells = grid
                 t = Table(title=f"bits per layer (budget {_budget_text(a)})", show_edge=False, pad_edge=False)
                 t.add_column("block")
@@ -50,11 +56,11 @@ def render(allocs: list[Allocation], console=None, max_rows: int = 60) -> None:
                 t = Table(title="bits per unit", show_edge=False)  # budgets: in the summary below
                 t.add_column("unit")
                 t.add_column("bits", justify="right")
-                items = list(_labels(a).items())
-                for name, b in items[:max_rows]:
+                labels = _labels(a)
+                for name, b in itertools.islice(labels.items(), max_rows):
                     t.add_row(name, _cell(b))
-                if len(items) > max_rows:
-                    t.add_row(f"... {len(items) - max_rows} more (use --json or --out)", "")
+                if len(labels) > max_rows:
+                    t.add_row(f"... {len(labels) - max_rows} more (use --json or --out)", "")
             console.print(t)
         console.print(summary_table(a))
 
@@ -79,7 +85,7 @@ def summary_table(a: Allocation):
         t.add_row("lower bound / gap", f"{a.bound:.6g}", f"{a.gap:.2e}")
     if a.bits:
         counts: dict = {}
-        for b in _labels(a).values():
+        for _, b in _labels(a).items():  # in order, without a name → row index (UnitMap)
             counts[b] = counts.get(b, 0) + 1
         if a.formats:
             t.add_row("units per format", ", ".join(f"{f}:{n}" for f, n in sorted(counts.items(), key=_order)), "")
@@ -89,9 +95,14 @@ def summary_table(a: Allocation):
     return t
 
 
-def _labels(a: Allocation) -> dict:
-    """unit → its bits, or its format name (`int4`, `mxfp4`) when the allocation names formats."""
-    return {s: a.formats[s] for s in a.bits} if a.formats else a.bits
+def _labels(a: Allocation) -> Mapping:
+    """unit → its bits, or its format name (`int4`, `mxfp4`) when the allocation names formats
+    (a solver's columnar formats as they are: no dict of every unit)."""
+    if not a.formats:
+        return a.bits
+    if isinstance(a.formats, UnitMap) and isinstance(a.bits, UnitMap) and a.formats.names is a.bits.names:
+        return a.formats
+    return {s: a.formats[s] for s in a.bits}
 
 
 def _order(item):
