@@ -219,3 +219,20 @@ def test_tables_of_a_large_allocation_show_60_units_without_a_dict_of_every_unit
     text = buf.getvalue()
     assert "29940 more (use --json or --out)" in text and "units per bit-width" in text
     assert a.bits._index is None  # no name → row dict was built
+
+
+def test_cli_out_of_a_large_allocation_is_the_sidecar_form(tmp_path, capsys):
+    from bitalloc.cli import main
+
+    path = synthetic(20_000, seed=11).save(tmp_path / "p.json", sidecar=True)
+    out = tmp_path / "a.json"
+    assert main(["solve", "--profile", str(path), "--budget", "3.25", "--solver", "greedy", "--out", str(out)]) == 0
+    assert (tmp_path / "a.npz").exists() and out.stat().st_size < 10_000
+    a, ref = Allocation.load(out), bitalloc.solve(Profile.load(path), 3.25, solver="greedy")
+    assert np.array_equal(a.bits.array, ref.bits.array) and a.objective == ref.objective
+    capsys.readouterr()
+    outs = [tmp_path / "b.b3.json", tmp_path / "b.b3.5.json"]
+    (tmp_path / "b.b3.5.npz").write_bytes(b"old")  # the second budget's sidecar is in the way
+    assert main(["solve", "--profile", str(path), "--budget", "3,3.5", "--solver", "greedy", "--out", str(tmp_path / "b.json")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert not any(p.exists() for p in outs) and (tmp_path / "b.b3.5.npz").read_bytes() == b"old"

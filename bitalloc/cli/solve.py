@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     s.add_argument("--time-limit", type=float, default=None, help="seconds per budget (auto: default 10, held on the wall clock)")
     s.add_argument("--gap", type=float, default=None, help="relative optimality gap for ilp (default 1e-9)")
     add_problem_args(s)
-    s.add_argument("--out", help="write the allocation JSON (several budgets: {budget} in the name, or .b<budget> is added)")
+    s.add_argument("--out", help="write the allocation JSON (from 20,000 units with an .npz sidecar of names and bits; "
+                   "several budgets: {budget} in the name, or .b<budget> is added)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     s.add_argument("--json", action="store_true", help="print the allocation(s) as JSON instead of tables")
     s.add_argument("--stream", action="store_true",
@@ -147,9 +148,7 @@ def run(args) -> int:
             shown = ", ".join(f"{r} <= {v:g}" for r, v in a.budgets.items())
             raise BitallocError(f"budget {shown}: no allocation found within --time-limit {args.time_limit}")
     if outs:
-        from bitalloc.fileio import publish_all
-
-        publish_all([(path, dumps(a.to_json()), "--out") for a, path in zip(allocs, outs)], args.force)
+        _publish(allocs, outs, args.force)
     if args.json:
         docs = [a.to_json() for a in allocs]
         sys.stdout.write(dumps(docs[0] if len(docs) == 1 else docs))
@@ -195,6 +194,33 @@ def _run_stream(args, budgets) -> int:
         for path in outs:
             print(f"wrote {path}")
     return 0
+
+
+def _publish(allocs, outs: list[Path], force: bool) -> None:
+    """--out: every allocation as one JSON file, or, above SIDECAR_MIN_UNITS units, as
+    `Allocation.save` writes it (JSON head + .npz sidecar of names and bits: no JSON object of
+    every unit, ~250 MB at 10⁶ units); all or nothing: a failed write removes what this call wrote."""
+    from bitalloc.allocation import SIDECAR_MIN_UNITS
+    from bitalloc.fileio import check_writable, dumps, publish_all
+
+    if all(len(a.bits) < SIDECAR_MIN_UNITS for a in allocs):
+        publish_all([(path, dumps(a.to_json()), "--out") for a, path in zip(allocs, outs)], force)
+        return
+    for path in outs:
+        check_writable(path.with_suffix(".npz"), force)
+    done: list[Path] = []  # files this call wrote
+    try:
+        for a, path in zip(allocs, outs):
+            new = [p for p in (path.with_suffix(".npz"), path) if not p.exists()]  # what this save creates
+            try:
+                a.save(path, force=force)
+            finally:
+                done += [p for p in new if p.exists()]
+    except BaseException:
+        if not force:  # with force an old file was replaced: removing the new one would lose both
+            for p in done:
+                p.unlink(missing_ok=True)
+        raise
 
 
 def _out_paths(out: str, budgets: list[float], force: bool) -> list[Path]:
