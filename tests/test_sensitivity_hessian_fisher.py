@@ -356,3 +356,45 @@ def test_smollm2_hessian_and_fisher():
     check_scores(h, True, zero_rows=[n for n, t in h.meta["trace"].items() if t <= 0])
     assert h.meta["probes"] == [2] and sum(h.meta["trace"].values()) > 0
     assert_untouched(task, before, grads)
+
+
+def test_fisher_chunked_float32_scores_equal_the_float64_reference(monkeypatch):
+    """weighted_error scores a layer in row chunks with float32 errors and float64 sums: forced
+    into many chunks (3 rows each), fisher's profile at every granularity equals Σ F (Q(w) − w)²
+    summed in float64 from the whole layer, for a row-wise quantizer (int) and one quantized
+    whole (NVFP4's per-tensor scale)."""
+    import bitalloc.sensitivity.base as base
+    from bitalloc.quant.integer import scorer_for
+
+    g = torch.Generator().manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 20)).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(20, 64, generator=g) * torch.logspace(-2, 1, 64))
+    calib = [(torch.randn(4, 64, generator=g), torch.randn(4, 20, generator=g)) for _ in range(2)]
+    task = Task("lin", model, calib, calib, ["0"], lambda m, b: ((m(b[0]) - b[1]) ** 2).sum(-1).mean() / 2,
+                lambda m: {}, {"0": 64 * 20})
+    monkeypatch.setattr(base, "ROW_CHUNK_ELEMENTS", 3 * 64)
+    W = model[0].weight.detach().numpy()
+    F = None
+    for gran in ("layer", "group", "channel"):
+        est = get_estimator("fisher", bits=(2, 4, 8, "nvfp4"), granularity=gran, group_size=16)
+        if F is None:
+            F = est.fisher(task)[0]["0"].astype(np.float64)
+        p = est.estimate(task)
+        for k, fmt in enumerate(p.formats):
+            err = (scorer_for(fmt, 16).fake_quant(W).astype(np.float64) - W.astype(np.float64)) ** 2
+            want = [(u.block(F) * u.block(err)).sum() for u in p.units]
+            np.testing.assert_allclose(p.sensitivity[:, k], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["int3", "int4_g16", "fp4_e2m1", "mxfp4", "fp16", "bf16", "nvfp4"])
+def test_rows_independent_quantizers_quantize_row_slices_as_the_whole(fmt):
+    from bitalloc.quant.integer import fake_quant_tensor, scorer_for
+    from bitalloc.sensitivity.base import rows_independent
+
+    q = scorer_for(fmt, 16)
+    W = torch.randn(12, 64, generator=torch.Generator().manual_seed(5)) * torch.logspace(-3, 1, 12)[:, None]
+    whole = fake_quant_tensor(q, W)
+    parts = torch.cat([fake_quant_tensor(q, W[r:r + 5]) for r in range(0, 12, 5)])
+    assert rows_independent(q) == (fmt != "nvfp4")
+    assert torch.equal(parts, whole) == rows_independent(q)

@@ -39,6 +39,7 @@ class IntQuant:
             raise bad("bits", self.bits, "symmetric quantization needs at least 2 bits")
 
     torch_native = True  # encode/decode/fake_quant take torch tensors too, and compute on their device
+    rows_independent = True  # groups run along a row: any slice of rows quantizes as in the whole weight
 
     def fake_quant(self, w: np.ndarray) -> np.ndarray:
         """Quantize and dequantize `w: (rows, cols)`; returns float32 of the same shape (a numpy

@@ -123,56 +123,104 @@ def layer_weight(module) -> np.ndarray:
     return np.ascontiguousarray(weight2d(module).detach().float().cpu().numpy())
 
 
-ROW_CHUNK_ELEMENTS = 1 << 18  # weight elements per row chunk of the error sums
+ROW_CHUNK_ELEMENTS = 1 << 18  # weight elements per row chunk: float32 temporaries of 1 MiB each
+
+
+def rows_independent(quant) -> bool:
+    """Whether `quant` quantizes every row of a weight on its own (groups and blocks along the
+    input columns, no per-tensor statistic), so a slice of rows can be fake-quantized alone and
+    equals the same rows of the whole layer's fake quantization, bit for bit. NVFP4's per-tensor
+    scale and any quantizer that does not say so are quantized whole."""
+    return bool(getattr(quant, "rows_independent", False))
 
 
 def weighted_error(task, units: list[Unit], quants: list, weight_of: Callable) -> np.ndarray:
     """S: (N, K) Σ_{i in unit} c_i (Q_k(w_i) − w_i)², computed on each layer's device.
 
     weight_of(layer, W) -> c, for the layer's 2-D weight W (a float32 torch tensor (out, in) on
-    the layer's device): a scalar, an (in,) vector (per input column) or an (out, in) array (per
-    element), numpy or torch. Quantization runs in torch on the device for the integer grids
-    (`fake_quant_tensor`); sums accumulate in float64 (float32 on MPS); the scores come back to
-    the CPU once, at the end."""
+    the layer's device): a scalar, an (in,) vector (per input column) or an (out, 1) / (out, in)
+    array (per row / per element), numpy or torch; it is not modified. Quantization runs in torch
+    on the device for the integer grids (`fake_quant_tensor`); the scores come back to the CPU
+    once, at the end.
+
+    Memory: the layer is scored in chunks of rows (`ROW_CHUNK_ELEMENTS` weights), so beyond c the
+    temporaries are a few float32 chunks, whatever the layer's size: the fake-quantized chunk
+    becomes its error, squared and weighted in place (float32), and each chunk's sums accumulate
+    in float64 (float32 on MPS). Quantizers that are not `rows_independent` (NVFP4) are
+    fake-quantized whole once per candidate (one float32 copy of the layer), then scored in the
+    same chunks. A scalar c multiplies the float64 sums. Against sums of float64 errors the
+    result agrees to ~1e-7 relative (float32 rounding of each error, square and product)."""
     import torch
 
     from bitalloc.models.device import accumulator_dtype
     from bitalloc.models.layers import weight2d
-    from bitalloc.quant.integer import fake_quant_tensor
 
     mods = task.modules()
     pending = []
     for layer, idx in units_by_layer(units).items():
         W = weight2d(mods[layer]).detach().float()
         acc = accumulator_dtype(W.device)
-        c = weight_of(layer, W)
-        c = float(c) if np.ndim(c) == 0 and not torch.is_tensor(c) else torch.as_tensor(c, device=W.device).to(acc)
+        c = _weight_tensor(weight_of(layer, W), W.device, acc)
         seg, n_seg, axis = _segments([units[i] for i in idx], W.shape, W.device)
         if axis is None and len(idx) != 1:
             raise bad("units of layer", layer, "a whole-layer unit must be the layer's only unit")
         out = torch.zeros(n_seg, len(quants), dtype=acc, device=W.device)
+        step = max(1, ROW_CHUNK_ELEMENTS // max(W.shape[1], 1))
         for k, q in enumerate(quants):
             if not feasible(q, W.shape):
                 out[:, k] = float("inf")  # a GGML type whose blocks do not tile the rows: not allowed
                 continue
-            imp = c if getattr(q, "qtype", None) is not None and torch.is_tensor(c) and c.ndim == 1 else None
-            Q = fake_quant_tensor(q, W, importance=imp)
-            step = max(1, ROW_CHUNK_ELEMENTS // max(W.shape[1], 1))  # memory: accumulator temporaries of a few MB
-            for r in range(0, W.shape[0], step):
-                e = (Q[r:r + step] - W[r:r + step]).to(acc)
-                e.mul_(e).mul_(c[r:r + step] if torch.is_tensor(c) and c.ndim == 2 else c)
-                if axis is None:
-                    out[0, k] += e.sum()
-                elif axis == 0:
-                    out[:, k].index_add_(0, seg[r:r + step], e.sum(1))
-                else:
-                    out[:, k].index_add_(0, seg, e.sum(0))
-            del Q
+            _score_candidate(q, W, c, out[:, k], seg, axis, step, acc)
         pending.append((idx, out[:len(idx)]))
     S = np.zeros((len(units), len(quants)))
     for idx, out in pending:
         S[idx] = out.cpu().double().numpy()
     return S
+
+
+def _weight_tensor(c, device, acc):
+    """weight_of's c as a Python float (a scalar) or a tensor on `device`, without a copy where it
+    already is one there (float64 is kept, except where the accumulator is float32)."""
+    import torch
+
+    if np.ndim(c) == 0 and not torch.is_tensor(c):
+        return float(c)
+    t = torch.as_tensor(c)
+    if t.dtype == torch.float64 and acc != torch.float64:
+        t = t.float()
+    elif not t.is_floating_point():
+        t = t.float()
+    return t.to(device)
+
+
+def _score_candidate(q, W, c, out, seg, axis, step, acc):
+    """Add Σ c (Q(w) − w)² of every unit segment of W into `out` (n_seg,), one chunk of rows at a
+    time (see `weighted_error`)."""
+    import torch
+
+    from bitalloc.quant.integer import fake_quant_tensor
+
+    imp = c if getattr(q, "qtype", None) is not None and torch.is_tensor(c) and c.ndim == 1 else None
+    whole = None if rows_independent(q) else fake_quant_tensor(q, W, importance=imp)
+    for r in range(0, W.shape[0], step):
+        Wr = W[r:r + step]
+        e = fake_quant_tensor(q, Wr, importance=imp) if whole is None else whole[r:r + step]
+        if e.untyped_storage().data_ptr() == Wr.untyped_storage().data_ptr():
+            e = e - Wr  # a quantizer that returned the weight itself: never write into it
+        else:
+            e.sub_(Wr)  # the fake-quantized chunk becomes its error: no second chunk
+        e.mul_(e)
+        if torch.is_tensor(c):
+            e.mul_(c[r:r + step] if c.ndim == 2 else c)
+        if axis is None:
+            out[0] += e.sum(dtype=acc)
+        elif axis == 0:
+            out.index_add_(0, seg[r:r + step], e.sum(1, dtype=acc))
+        else:
+            out.index_add_(0, seg, e.sum(0, dtype=acc))
+        del e
+    if not torch.is_tensor(c):
+        out.mul_(c)  # a scalar weight: once, on the float64 sums
 
 
 def _segments(units: list[Unit], shape, device):

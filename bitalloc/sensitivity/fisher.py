@@ -158,8 +158,9 @@ class FisherEstimator(Estimator):
             import torch
 
             nonlocal kept
-            c = torch.as_tensor(F[layer], device=W.device).reshape(W.shape).clone()
+            c = torch.as_tensor(F[layer], device=W.device).reshape(W.shape)  # F itself: weighted_error only reads c
             if self.outlier_fraction > 0:
+                c = c.clone()  # one layer's copy, its outliers zeroed (F is left as it was, for other granularities)
                 for u in by_layer[layer]:
                     k = int(np.round(self.outlier_fraction * u.n_params))
                     if k:

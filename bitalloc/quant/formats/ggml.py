@@ -66,6 +66,7 @@ class GgmlType:
     """qtype: the GGML type name (Q4_K, Q5_0, ...)."""
 
     qtype: str
+    rows_independent = True  # blocks along a row; the imatrix weight is per column, the same for every row
 
     def __post_init__(self):
         if self.qtype not in {t for t, _ in GGML_FORMATS.values()}:

@@ -22,6 +22,7 @@ class GroupFloat(ScaledFloat):
     element: Minifloat
     block: int | None = 128
     scale_bits: int = 32
+    rows_independent = True  # blocks along a row, scale from the block alone (sensitivity.base.rows_independent)
 
     def __post_init__(self):
         if self.block is not None and (isinstance(self.block, bool) or not isinstance(self.block, int) or self.block < 1):

@@ -16,6 +16,7 @@ class KeepFloat:
     bits of float32) or `fp32` (identity)."""
 
     fmt: str = "fp16"
+    rows_independent = True  # elementwise
 
     def __post_init__(self):
         if self.fmt not in ("fp16", "bf16", "fp32"):

@@ -23,6 +23,7 @@ class MXFloat(ScaledFloat):
     element: Minifloat
     block: int = MX_BLOCK
     scale_bits: int = 8
+    rows_independent = True  # blocks along a row, scale from the block alone (sensitivity.base.rows_independent)
 
     def _scales(self, amax, w):
         return np.ldexp(np.float32(1), self.shared_exponent(amax)).astype(np.float32)

@@ -23,6 +23,7 @@ class NVFP4(ScaledFloat):
     block: int = NV_BLOCK
     scale_bits: int = 8    # E4M3 block scale
     tensor_bits: int = 32  # FP32 tensor scale
+    rows_independent = False  # the tensor scale is the whole weight's max: quantize the layer whole
 
     def tensor_scale(self, w: np.ndarray) -> np.float32:
         return np.float32(np.abs(np.asarray(w, dtype=np.float32)).max() / np.float32(E2M1.max * E4M3.max))
