@@ -267,3 +267,95 @@ def test_smollm2_folder_matches_builtin(tmp_path):
     assert a.names == b.names and len(a.names) == 210
     rho = spearmanr(a.sensitivity[:, 0], b.sensitivity[:, 0]).statistic
     assert rho >= 0.99
+
+
+# ---- image classifiers ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def image_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own_images")
+    dirs = {a: tiny_models.build_image(a, root / a) for a in tiny_models.IMAGE_ARCHS}
+    dirs["images"] = tiny_models.write_images(root / "images", n=12)
+    return dirs
+
+
+@pytest.mark.parametrize("arch", tiny_models.IMAGE_ARCHS)
+def test_image_classifier_end_to_end(arch, image_dirs, tmp_path, capsys):
+    import torch
+
+    from bitalloc import Allocation, Profile, load_model
+    from bitalloc.models.layers import shape2d
+
+    d, images = image_dirs[arch], image_dirs["images"]
+    run = ["--calib", images, "--samples", "4", "--torch-device", "cpu"]
+    prof, alloc, out, rep = (tmp_path / n for n in ("p.json", "a.json", "q", "v.json"))
+    _ok(["profile", "--model", d, "--estimator", "fisher", "--group-size", "16", "--out", prof, *run], capsys)
+    p = Profile.load(prof)
+    task = load_model(d, calib=images, samples=4, device="cpu")
+    assert p.names == task.layers and not any(n.startswith("classifier") for n in p.names)
+    mods = dict(task.model.named_modules())
+    kinds = {type(mods[n]).__name__ for n in p.names}
+    assert ("Linear" in kinds) if arch == "vit" else (kinds == {"Conv2d"})
+    for u in p.units:
+        assert tuple(u.shape) == shape2d(mods[u.name])
+    assert np.isfinite(p.sensitivity).all() and (p.sensitivity[:, 0] >= p.sensitivity[:, -1]).all()
+    assert task.meta["kind"] == "image" and task.meta["macs_per"] == "image"
+    assert "4 calibration + 8 held-out images" in task.meta["calibration"]
+    assert sum(len(b["pixel_values"]) for b in task.calib) == 4 and sum(len(b["pixel_values"]) for b in task.held_out) == 8
+    assert tuple(task.calib[0]["pixel_values"].shape[1:]) == (3, 32, 32)
+    _ok(["solve", "--profile", prof, "--budget", "4", "--out", alloc], capsys)
+    _ok(["apply", "--model", d, "--allocation", alloc, "--group-size", "16", "--out", out, *run], capsys)
+    assert {"quantized.safetensors", "rest.safetensors", "config.json", "preprocessor_config.json"} <= {
+        f.name for f in out.iterdir()}
+    back = load_model(out, calib=images, samples=4, device="cpu")  # the folder loads back, processor included
+    import bitalloc
+
+    ref = load_model(d, calib=images, samples=4, device="cpu")
+    bitalloc.apply(ref.model, Allocation.load(alloc), group_size=16)
+    for (n, t), (n2, t2) in zip(ref.model.state_dict().items(), back.model.state_dict().items()):
+        assert n == n2 and torch.equal(t, t2), n
+    _ok(["verify", "--model", d, "--packed", out, "--baselines", "--seeds", "1", "--out", rep, *run], capsys)
+    rows = json.loads(rep.read_text())["quality"]
+    assert rows[0]["name"] == "unquantized" and rows[0]["agreement"] == 1.0 and rows[0]["kl"] == pytest.approx(0, abs=1e-6)
+    assert all(0 <= r["agreement"] <= 1 and r["kl"] >= 0 for r in rows) and len(rows) >= 3
+    print(arch, [(r["name"], round(r["agreement"], 3), round(r["kl"], 5)) for r in rows], file=sys.__stderr__)
+    _ok(["export", "--allocation", alloc, "--format", "json", "--model", d, "--out", tmp_path / "e.json"], capsys)
+    assert json.loads((tmp_path / "e.json").read_text()) == Allocation.load(alloc).bits
+
+
+def test_image_classifier_bad_input(image_dirs, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    import bitalloc.models.hf as hf
+
+    def boom(*a, **k):
+        raise AssertionError("the weights loaded before the input was checked")
+
+    d, images = image_dirs["vit"], image_dirs["images"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(5):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(broken / f"ok{i}.png")
+    (broken / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    noproc = tmp_path / "noproc"
+    noproc.mkdir()
+    for f in d.iterdir():
+        if f.name != "preprocessor_config.json":
+            (noproc / f.name).write_bytes(f.read_bytes())
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoModelForImageClassification, "from_pretrained", boom)
+    cases = [(d, [], "needs --calib FOLDER of images"),
+             (d, ["--calib", empty], "the folder holds no image"),
+             (d, ["--calib", images / "img00.png"], "needs --calib FOLDER of images"),
+             (d, ["--calib", images, "--samples", "12"], "12 images, needs at least 13 (--samples 12"),
+             (d, ["--calib", broken, "--samples", "2"], "bad.png is not a readable image"),
+             (noproc, ["--calib", images], "no preprocessor_config.json")]
+    for model, extra, msg in cases:
+        rc = main(["profile", "--model", str(model), "--estimator", "fisher", "--samples", "4",
+                   "--out", str(tmp_path / "p.json"), *[str(e) for e in extra]])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and msg in err[-1] and "Traceback" not in "".join(err), (extra, err)
+    assert hf.model_kind(hf.load_config(d)) == "image"

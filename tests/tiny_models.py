@@ -109,3 +109,55 @@ def write_gguf(path: Path, tokenizer_source: Path, hidden: int = 64, layers: int
 def gguf_reference() -> dict:
     """The transformers tensors of the last `write_gguf` model (name → tensor)."""
     return dict(_GGUF_REF)
+
+
+IMAGE_ARCHS = ("vit", "resnet")
+
+
+def image_configs(image_size: int = 32, hidden: int = 32, layers: int = 2, labels: int = 5) -> dict:
+    """image architecture name → (a transformers config, its image processor), tiny sizes."""
+    from transformers import ResNetConfig, ViTConfig
+    from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    return {
+        "vit": (ViTConfig(image_size=image_size, patch_size=8, hidden_size=hidden, num_hidden_layers=layers,
+                          num_attention_heads=4, intermediate_size=2 * hidden, num_labels=labels),
+                ViTImageProcessorPil(size={"height": image_size, "width": image_size})),
+        "resnet": (ResNetConfig(embedding_size=hidden // 2, hidden_sizes=[hidden // 2, hidden], depths=[1] * layers,
+                                layer_type="basic", num_labels=labels),
+                   ConvNextImageProcessorPil(size={"shortest_edge": image_size})),
+    }
+
+
+def build_image(arch: str, folder: Path, seed: int = 0, **sizes) -> Path:
+    """Save a random image classifier of `arch` with its image processor in `folder`; returns the folder."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    torch.manual_seed(seed)
+    cfg, proc = image_configs(**sizes)[arch]
+    model = AutoModelForImageClassification.from_config(cfg)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    proc.save_pretrained(str(folder))
+    return folder
+
+
+def write_images(folder: Path, n: int = 12, seed: int = 0) -> Path:
+    """`n` small PNG/JPEG images (smooth random colour fields plus noise, sizes 24–48 px) in `folder`."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(24, 49, size=2))
+        y, x = np.mgrid[0:h, 0:w] / max(h, w)
+        a = rng.normal(size=(3, 3))
+        base = np.stack([np.sin(6 * (a[c, 0] * x + a[c, 1] * y) + a[c, 2]) for c in range(3)], -1)
+        pix = np.clip(127.5 * (1 + base) + rng.normal(0, 20, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pix).save(folder / f"img{i:02d}.{'jpg' if i % 4 == 3 else 'png'}")
+    return folder

@@ -147,14 +147,11 @@ def _directory_modules(path) -> set[str]:
     """Quantizable layers of a transformers folder, from its config on the meta device (no weights)."""
     from accelerate import init_empty_weights
 
-    from bitalloc.models.hf import load_config, model_kind
+    from bitalloc.models.hf import auto_class, load_config, model_kind
     from bitalloc.models.layers import discover
 
     config = load_config(path)
-    kind = model_kind(config)
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cls = {"causal": AutoModelForCausalLM, "encoder": AutoModel, "classifier": AutoModelForSequenceClassification}[kind]
+    cls = auto_class(model_kind(config))
     with init_empty_weights():
         model = cls.from_config(config)
     return set(discover(model))

@@ -7,6 +7,11 @@ single text — its blank-line separated paragraphs) are shuffled with a seed an
 of the characters go to calibration, the rest to held-out evaluation, so the two never share a
 document. Default: Python's own documentation topics (`pydoc_data.topics`), which ships with
 every Python.
+
+Image classifiers read `--calib FOLDER` of images (.png, .jpg, .jpeg, .bmp, .webp, searched
+recursively, sorted by path; other files are ignored): the paths are shuffled with the seed, the
+first `samples` go to calibration and the next ones (`held_out`, default all the rest up to 64) to
+held-out evaluation, so the two never share an image. Each image is read with Pillow as RGB.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from bitalloc.errors import BitallocError, bad
 
 HELD_OUT_FRACTION = 0.25
 TEXT_SUFFIXES = (".txt", ".md")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGES_HELD_OUT = 64
 
 
 def pydoc_split(seed: int = 0) -> tuple[str, str]:
@@ -102,6 +109,46 @@ def calibration_text(calib=None, seed: int = 0) -> tuple[str, str]:
     if calib is None:
         return pydoc_split(seed)
     return split_documents(read_documents(calib), seed)
+
+
+def image_files(path) -> list[Path]:
+    """The image files of a --calib folder (recursive, sorted by path); one-line errors."""
+    p = Path(path)
+    where = f"--calib {str(p)!r}"
+    if not p.is_dir():
+        raise BitallocError(f"{where}: an image classifier needs --calib FOLDER of images "
+                            f"({', '.join(IMAGE_SUFFIXES)}), not a file")
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BitallocError(f"{where}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def split_images(files: list[Path], samples: int, held_out: int | None, seed: int = 0,
+                 where: str = "--calib") -> tuple[list[Path], list[Path]]:
+    """(calibration files, held-out files): disjoint, drawn with `seed` (see the module docstring);
+    too few files for `samples` + `held_out` (at least 1) is one line naming how many are needed."""
+    if samples < 1:
+        raise bad("samples", samples, "must be at least 1")
+    need = samples + (held_out or 1)
+    if len(files) < need:
+        raise BitallocError(f"{where}: {len(files)} image{'s' * (len(files) != 1)}, needs at least {need} "
+                            f"(--samples {samples} for calibration + {held_out or 1} held-out)")
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    held = order[samples:samples + (held_out or IMAGES_HELD_OUT)]
+    return [files[i] for i in sorted(order[:samples])], [files[i] for i in sorted(held)]
+
+
+def read_image(f: Path, where: str = "--calib"):
+    """An image file as an RGB Pillow image; a file Pillow cannot decode is one line."""
+    from PIL import Image
+
+    try:
+        with Image.open(f) as im:
+            return im.convert("RGB")
+    except Exception as e:  # UnidentifiedImageError, truncated data, decompression bomb: one line
+        raise BitallocError(f"{where}: {f.name} is not a readable image ({type(e).__name__})") from None
 
 
 def token_windows(ids: np.ndarray, n: int, seq_len: int, seed: int, what: str = "the text") -> np.ndarray:

@@ -1,9 +1,10 @@
-"""Tasks for transformers models: causal LMs, encoders (sentence embeddings) and sequence
-classifiers, from a local directory (config.json + safetensors) or a GGUF file.
+"""Tasks for transformers models: causal LMs, encoders (sentence embeddings), sequence
+classifiers and image classifiers, from a local directory (config.json + safetensors) or a GGUF file.
 
 Everything that can fail on the user's input is checked before the weights load: the folder
 (config.json, safetensors, no pickle-only checkpoint), the architecture (transformers must know
-it), the tokenizer, and the calibration text (enough tokens for the windows asked for).
+it), the tokenizer (image classifiers: the image processor), and the calibration data (enough
+tokens for the windows asked for; enough readable images for the samples and the held-out part).
 
 Losses (batches live on the task's device):
 - causal LM: next-token cross-entropy; quality: held-out perplexity.
@@ -13,6 +14,8 @@ Losses (batches live on the task's device):
 - sequence classifier: label-free, KL(p_unquantized ‖ p_model) of the predicted class
   distribution; the Fisher probe is the cross-entropy to labels sampled once from p_unquantized
   (the true Fisher, not the empirical one); quality: agreement with the unquantized predictions.
+- image classifier: the same loss, probe and quality as a sequence classifier (`classifier_parts`),
+  on batches of `pixel_values` made by the folder's own image processor from `--calib FOLDER`.
 """
 from __future__ import annotations
 
@@ -23,11 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from bitalloc.errors import BitallocError
-from bitalloc.models.data import batches, calibration_text, sentences, token_windows
+from bitalloc.models.data import (batches, calibration_text, image_files, read_image, sentences, split_images,
+                                  token_windows)
 
-KINDS = ("causal", "encoder", "classifier")
+KINDS = ("causal", "encoder", "classifier", "image")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-LM_BATCH, TEXT_BATCH = 4, 16
+LM_BATCH, TEXT_BATCH, IMAGE_BATCH = 4, 16, 16
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
 
 def _quiet():
@@ -77,7 +82,7 @@ def load_config(path):
 
 
 def model_kind(config) -> str:
-    """causal | encoder | classifier, from the config's `architectures` (else its model type)."""
+    """causal | encoder | classifier | image, from the config's `architectures` (else its model type)."""
     from transformers.models.auto import modeling_auto as ma
 
     arch = (getattr(config, "architectures", None) or [""])[0]
@@ -86,15 +91,23 @@ def model_kind(config) -> str:
     if arch.endswith("ForSequenceClassification"):
         return "classifier"
     if arch.endswith("ForImageClassification"):
-        raise BitallocError(f"architecture {arch}: image classifiers need image calibration data, which "
-                            "--calib does not read yet; wrap the model in a Task (package.module:function)")
+        return "image"
     mt = config.model_type
     if not arch and mt in ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in ma.MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return "causal"
     if mt in ma.MODEL_MAPPING_NAMES:
         return "encoder"
-    raise BitallocError(f"architecture {arch or mt!r}: not a causal LM, encoder or sequence classifier "
-                        "transformers' Auto classes load")
+    raise BitallocError(f"architecture {arch or mt!r}: not a causal LM, encoder, sequence classifier "
+                        "or image classifier transformers' Auto classes load")
+
+
+def auto_class(kind: str):
+    """The transformers Auto class that loads a model of `kind` (see KINDS)."""
+    import transformers
+
+    return getattr(transformers, {"causal": "AutoModelForCausalLM", "encoder": "AutoModel",
+                                  "classifier": "AutoModelForSequenceClassification",
+                                  "image": "AutoModelForImageClassification"}[kind])
 
 
 def load_tokenizer(path, gguf_file: str | None = None):
@@ -107,6 +120,21 @@ def load_tokenizer(path, gguf_file: str | None = None):
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # a missing or broken tokenizer: one line
         raise BitallocError(f"--model {str(path)!r}: no usable tokenizer in the folder ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+
+def load_image_processor(path):
+    """The folder's own image processor (preprocessor_config.json), or one line."""
+    _quiet()
+    from transformers import AutoImageProcessor
+
+    if not (Path(path) / "preprocessor_config.json").is_file():
+        raise BitallocError(f"--model {str(path)!r}: no preprocessor_config.json in the folder (an image classifier "
+                            "needs its image processor: processor.save_pretrained(dir))")
+    try:
+        return AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # a broken or unknown processor: one line
+        raise BitallocError(f"--model {str(path)!r}: no usable image processor in the folder ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
 
 
@@ -136,6 +164,30 @@ def text_data(kind: str, tok, calib, samples: int, seq_len: int, seed: int, held
     return cal, held, f"{desc} (paragraphs)"
 
 
+def image_data(proc, calib, samples: int, seed: int, held_out: int | None, where: str):
+    """(calibration batches, held-out batches, description) of an image classifier: the images of
+    the --calib folder (disjoint parts, see `data.split_images`), preprocessed by `proc` into
+    batches {"pixel_values": tensor} of IMAGE_BATCH images."""
+    if calib is None:
+        raise BitallocError(f"{where}: an image classifier needs --calib FOLDER of images "
+                            "(.png, .jpg, .jpeg, .bmp, .webp)")
+    at = f"--calib {str(calib)!r}"
+    cal_files, held_files = split_images(image_files(calib), samples, held_out, seed, where=at)
+
+    def encode(files):
+        images = [read_image(f, at) for f in files]
+        try:
+            pix = proc(images=images, return_tensors="pt")["pixel_values"]
+        except Exception as e:  # the processor refuses an image: one line
+            raise BitallocError(f"{at}: the image processor cannot prepare the images ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        return {"pixel_values": pix}
+
+    cal = [encode(b) for b in batches(cal_files, IMAGE_BATCH)]
+    held = [encode(b) for b in batches(held_files, IMAGE_BATCH)]
+    return cal, held, f"{calib} ({len(cal_files)} calibration + {len(held_files)} held-out images)"
+
+
 # ---- losses -----------------------------------------------------------------------------------
 def embed(model, batch):
     """Sentence embedding: mean over the attention mask, L2-normalized (sentence-transformers), float32."""
@@ -150,7 +202,7 @@ def embed(model, batch):
 
 
 def _inputs(batch):
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    return {k: v for k, v in batch.items() if k in INPUT_KEYS}
 
 
 def causal_lm_parts(held):
@@ -193,7 +245,7 @@ def encoder_parts(model, cal, held):
 
 
 def classifier_parts(model, cal, held, seed: int):
-    """(loss, quality, probe_loss) of a sequence classifier; adds `target` (the unquantized class
+    """(loss, quality, probe_loss) of a sequence or image classifier; adds `target` (the unquantized class
     probabilities) and `probe_labels` (one label per sample drawn from them) to each batch."""
     import torch
 
@@ -234,11 +286,16 @@ def load_directory(path, *, name: str | None = None, calib=None, samples: int = 
     """A Task for a local transformers model folder (see the module docstring)."""
     config = load_config(path)
     kind = model_kind(config)
-    tok = load_tokenizer(path)
-    cal, held, desc = text_data(kind, tok, calib, samples, seq_len, seed, held_out)
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    cls = {"causal": AutoModelForCausalLM, "encoder": AutoModel, "classifier": AutoModelForSequenceClassification}[kind]
+    if kind == "image":
+        where = f"--model {str(path)!r} ({(getattr(config, 'architectures', None) or [config.model_type])[0]})"
+        if calib is None:  # before the processor: the first thing to fix
+            image_data(None, calib, samples, seed, held_out, where)
+        tok = load_image_processor(path)
+        cal, held, desc = image_data(tok, calib, samples, seed, held_out, where)
+    else:
+        tok = load_tokenizer(path)
+        cal, held, desc = text_data(kind, tok, calib, samples, seq_len, seed, held_out)
+    cls = auto_class(kind)
     from bitalloc.models.quantized_dir import is_quantized_directory, load_weights
 
     kw = dict(local_files_only=True, use_safetensors=True, dtype=dtype)
@@ -315,18 +372,23 @@ def build_task(name, kind, model, cal, held, device, device_map, samples, seq_le
         loss, quality, probe = causal_lm_parts(held)
     elif kind == "encoder":
         loss, quality, probe = encoder_parts(model, cal, held)
-    else:
+    else:  # sequence and image classifiers: one loss, probe and quality
         loss, quality, probe = classifier_parts(model, cal, held, seed)
     layers = discover(model, include, exclude)
-    if kind == "classifier":  # the classification head is the output head of a classifier
+    if kind in ("classifier", "image"):  # the classification head is the output head of a classifier
         layers = [n for n in layers if not n.split(".")[0] in ("score", "classifier")] or layers
     one = _first(cal[0])
     layers, unused = used_layers(model, layers, lambda: (probe or (lambda m, b, g: loss(m, b)))(
         model, one, torch.Generator().manual_seed(0)))
-    mods = dict(model.named_modules())
-    macs = {n: int(mods[n].weight.numel()) for n in layers}  # per token
+    if kind == "image":  # per image: a conv's output positions, a ViT linear's tokens
+        from bitalloc.models.task import count_macs
+
+        macs, per = count_macs(model, layers, lambda: model(**_inputs(one))), "image"
+    else:
+        mods = dict(model.named_modules())
+        macs, per = {n: int(mods[n].weight.numel()) for n in layers}, "token"
     dtype = next(model.parameters()).dtype
-    info = {**info, "samples": samples, "seq_len": seq_len, "seed": seed, "macs_per": "token",
+    info = {**info, "samples": samples, "seq_len": seq_len, "seed": seed, "macs_per": per,
             "device": str(first), "dtype": str(dtype).replace("torch.", "")}
     if unused:
         info["unused_layers"] = unused

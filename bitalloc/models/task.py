@@ -106,8 +106,8 @@ def used_layers(model, layers: list[str], loss: Callable[[], Any]) -> tuple[list
 
 def count_macs(model, layers: list[str], run: Callable[[], Any]) -> dict[str, int]:
     """MACs per output position × positions per sample, measured with forward hooks on one call of
-    `run` (a forward pass on one sample). Linear: weight elements per position; Conv: times the
-    output's spatial size."""
+    `run` (a forward pass on one sample). Linear: weight elements times the output's positions
+    (1 for a vector, the tokens of a sequence); Conv2d: times the output's spatial size."""
     import torch
 
     mods = dict(model.named_modules())
@@ -119,6 +119,8 @@ def count_macs(model, layers: list[str], run: Callable[[], Any]) -> dict[str, in
         def hook(mod, inp, res, name=name):
             if isinstance(mod, torch.nn.Conv2d):
                 out[name] = int(mod.weight.numel() * res.shape[-1] * res.shape[-2])
+            elif isinstance(res, torch.Tensor) and isinstance(mod, torch.nn.Linear) and res.dim() > 1:
+                out[name] = int(mod.weight.numel() * (res.numel() // res.shape[0] // res.shape[-1]))
             else:
                 out[name] = int(mod.weight.numel())
         hooks.append(m.register_forward_hook(hook))
