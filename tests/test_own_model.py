@@ -302,7 +302,7 @@ def test_image_classifier_end_to_end(arch, image_dirs, tmp_path, capsys):
     assert "4 calibration + 8 held-out images" in task.meta["calibration"]
     assert sum(len(b["pixel_values"]) for b in task.calib) == 4 and sum(len(b["pixel_values"]) for b in task.held_out) == 8
     assert tuple(task.calib[0]["pixel_values"].shape[1:]) == (3, 32, 32)
-    _ok(["solve", "--profile", prof, "--budget", "4", "--out", alloc], capsys)
+    _ok(["solve", "--profile", prof, "--budget", "4.5", "--out", alloc], capsys)
     _ok(["apply", "--model", d, "--allocation", alloc, "--group-size", "16", "--out", out, *run], capsys)
     assert {"quantized.safetensors", "rest.safetensors", "config.json", "preprocessor_config.json"} <= {
         f.name for f in out.iterdir()}
@@ -313,10 +313,12 @@ def test_image_classifier_end_to_end(arch, image_dirs, tmp_path, capsys):
     bitalloc.apply(ref.model, Allocation.load(alloc), group_size=16)
     for (n, t), (n2, t2) in zip(ref.model.state_dict().items(), back.model.state_dict().items()):
         assert n == n2 and torch.equal(t, t2), n
-    _ok(["verify", "--model", d, "--packed", out, "--baselines", "--seeds", "1", "--out", rep, *run], capsys)
+    shown = _ok(["verify", "--model", d, "--packed", out, "--baselines", "--seeds", "2", "--out", rep, *run], capsys).out
+    assert "| agreement | kl |" in shown
     rows = json.loads(rep.read_text())["quality"]
     assert rows[0]["name"] == "unquantized" and rows[0]["agreement"] == 1.0 and rows[0]["kl"] == pytest.approx(0, abs=1e-6)
-    assert all(0 <= r["agreement"] <= 1 and r["kl"] >= 0 for r in rows) and len(rows) >= 3
+    assert all(0 <= r["agreement"] <= 1 and r["kl"] >= 0 for r in rows)
+    assert any(r["name"].startswith("uniform") for r in rows) and any(r["name"].startswith("random") for r in rows)
     print(arch, [(r["name"], round(r["agreement"], 3), round(r["kl"], 5)) for r in rows], file=sys.__stderr__)
     _ok(["export", "--allocation", alloc, "--format", "json", "--model", d, "--out", tmp_path / "e.json"], capsys)
     assert json.loads((tmp_path / "e.json").read_text()) == Allocation.load(alloc).bits

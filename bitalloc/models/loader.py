@@ -51,9 +51,10 @@ def load_model(path_or_name, calib=None, samples: int = 8, seq_len: int = 128, d
     """A Task ready for `bitalloc.profile`, `apply` and `verify`.
 
     path_or_name: see ALLOWED; calib: a .txt / .jsonl (field `text`) / folder of .txt/.md files
-    (default: the built-in pydoc text); samples: calibration sequences (causal LMs: token windows
-    of `seq_len`; encoders / classifiers: paragraphs of at most `seq_len` tokens); held_out:
-    evaluation samples (default 8 windows / 64 paragraphs), from a disjoint part of the text;
+    (default: the built-in pydoc text), for image classifiers a folder of images (required);
+    samples: calibration sequences (causal LMs: token windows of `seq_len`; encoders / classifiers:
+    paragraphs of at most `seq_len` tokens; image classifiers: images); held_out: evaluation samples
+    (default 8 windows / 64 paragraphs / the other images up to 64), from a disjoint part of the data;
     device: auto | cpu | cuda | cuda:N | mps; dtype: auto | float32 | bfloat16 | float16 (the model
     is loaded once, in that dtype); include / exclude: regular expressions on module names;
     device_map: "auto" spreads a model larger than one GPU over the devices (accelerate)."""

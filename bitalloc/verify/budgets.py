@@ -31,7 +31,8 @@ from bitalloc.solvers.compiled import fits
 from bitalloc.verify.kv import kv_cache_quantized, kv_failures, kv_rows
 
 SCHEMA = "bitalloc.verify.budgets/1"
-HIGHER_IS_BETTER = {"accuracy": True, "cosine": True, "cosine_min": True, "perplexity": False, "loss": False}
+HIGHER_IS_BETTER = {"accuracy": True, "agreement": True, "cosine": True, "cosine_min": True, "perplexity": False,
+                    "loss": False, "kl": False}
 
 
 @dataclass
