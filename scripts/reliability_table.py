@@ -323,8 +323,9 @@ def table(results: list[tuple[Case, dict]]) -> str:
 
 
 # ---- faults: kill -9, SIGTERM and two writers at once -------------------------------------
-WRITER = """import os, sys, time
+WRITER = """import os, signal, sys, time
 import bitalloc.fileio as f
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started in the background (SIG_IGN)
 real = os.fsync
 def slow(fd):  # the temp is complete but not published: the child is killed here
     print("writing", flush=True)
