@@ -398,3 +398,43 @@ def test_rows_independent_quantizers_quantize_row_slices_as_the_whole(fmt):
     parts = torch.cat([fake_quant_tensor(q, W[r:r + 5]) for r in range(0, 12, 5)])
     assert rows_independent(q) == (fmt != "nvfp4")
     assert torch.equal(parts, whole) == rows_independent(q)
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_fisher_without_stored_F_equals_scoring_F(digits, monkeypatch, per_sample):
+    """outlier_fraction 0: estimate() scores each pass's gradient (c = g²) as it arrives and never
+    builds F; the profile equals scoring the stored F (fisher_tensors + scores) at every
+    granularity, per sample and per batch, with the same meta."""
+    from bitalloc.sensitivity.fisher import FisherEstimator
+
+    stored = {}
+    for g in ("layer", "group", "channel"):
+        est = get_estimator("fisher", granularity=g, per_sample=per_sample, **DIGITS)
+        F, n = est.fisher_tensors(digits)
+        stored[g] = est.scores(digits, F, n)
+    before, grads = state(digits), [p.requires_grad for p in digits.model.parameters()]
+
+    def no_F(*a, **k):
+        raise AssertionError("F was built")
+
+    monkeypatch.setattr(FisherEstimator, "fisher_tensors", no_F)
+    for g, want in stored.items():
+        got = get_estimator("fisher", granularity=g, per_sample=per_sample, **DIGITS).estimate(digits)
+        assert_untouched(digits, before, grads)
+        assert got.units == want.units and got.formats == want.formats
+        np.testing.assert_allclose(got.sensitivity, want.sensitivity, rtol=1e-5)
+        strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}  # noqa: E731
+        assert strip(got.meta) == strip(want.meta)
+        assert got.meta["passes"].startswith("1 forward + 1 backward per calibration " +
+                                             ("sample" if per_sample else "batch"))
+    with pytest.raises(AssertionError, match="F was built"):  # outliers need F whole
+        get_estimator("fisher", outlier_fraction=0.01, **DIGITS).estimate(digits)
+
+
+def test_fisher_without_stored_F_on_a_tiny_mlp():
+    """Two layers, exact hand check of the no-F path against F from `fisher`."""
+    task = tiny_mlp_task()
+    for g in ("layer", "channel"):
+        est = get_estimator("fisher", bits=(2, 3, 4, 8), granularity=g, group_size=4)
+        F, n = est.fisher(task)
+        np.testing.assert_allclose(est.estimate(task).sensitivity, est.scores(task, F, n).sensitivity, rtol=1e-5)

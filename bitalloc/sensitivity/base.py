@@ -150,32 +150,39 @@ def weighted_error(task, units: list[Unit], quants: list, weight_of: Callable) -
     fake-quantized whole once per candidate (one float32 copy of the layer), then scored in the
     same chunks. A scalar c multiplies the float64 sums. Against sums of float64 errors the
     result agrees to ~1e-7 relative (float32 rounding of each error, square and product)."""
+    mods = task.modules()
+    pending = [(idx, layer_error(mods[layer], layer, [units[i] for i in idx], quants, weight_of))
+               for layer, idx in units_by_layer(units).items()]
+    S = np.zeros((len(units), len(quants)))
+    for idx, out in pending:
+        S[idx] = out.cpu().double().numpy()
+    return S
+
+
+def layer_error(module, layer: str, units: list[Unit], quants: list, weight_of: Callable):
+    """`weighted_error` of one layer: (len(units), K) Σ c (Q_k(w) − w)² as a torch tensor on the
+    layer's device (float64, float32 on MPS), left there. `units` are all of the layer's units, in
+    order; weight_of(layer, W) -> c as in `weighted_error`. Estimators that score a layer more than
+    once (fisher without a stored F: once per calibration sample) add these up on the device."""
     import torch
 
     from bitalloc.models.device import accumulator_dtype
     from bitalloc.models.layers import weight2d
 
-    mods = task.modules()
-    pending = []
-    for layer, idx in units_by_layer(units).items():
-        W = weight2d(mods[layer]).detach().float()
-        acc = accumulator_dtype(W.device)
-        c = _weight_tensor(weight_of(layer, W), W.device, acc)
-        seg, n_seg, axis = _segments([units[i] for i in idx], W.shape, W.device)
-        if axis is None and len(idx) != 1:
-            raise bad("units of layer", layer, "a whole-layer unit must be the layer's only unit")
-        out = torch.zeros(n_seg, len(quants), dtype=acc, device=W.device)
-        step = max(1, ROW_CHUNK_ELEMENTS // max(W.shape[1], 1))
-        for k, q in enumerate(quants):
-            if not feasible(q, W.shape):
-                out[:, k] = float("inf")  # a GGML type whose blocks do not tile the rows: not allowed
-                continue
-            _score_candidate(q, W, c, out[:, k], seg, axis, step, acc)
-        pending.append((idx, out[:len(idx)]))
-    S = np.zeros((len(units), len(quants)))
-    for idx, out in pending:
-        S[idx] = out.cpu().double().numpy()
-    return S
+    W = weight2d(module).detach().float()
+    acc = accumulator_dtype(W.device)
+    c = _weight_tensor(weight_of(layer, W), W.device, acc)
+    seg, n_seg, axis = _segments(units, W.shape, W.device)
+    if axis is None and len(units) != 1:
+        raise bad("units of layer", layer, "a whole-layer unit must be the layer's only unit")
+    out = torch.zeros(n_seg, len(quants), dtype=acc, device=W.device)
+    step = max(1, ROW_CHUNK_ELEMENTS // max(W.shape[1], 1))
+    for k, q in enumerate(quants):
+        if not feasible(q, W.shape):
+            out[:, k] = float("inf")  # a GGML type whose blocks do not tile the rows: not allowed
+            continue
+        _score_candidate(q, W, c, out[:, k], seg, axis, step, acc)
+    return out[:len(units)]
 
 
 def _weight_tensor(c, device, acc):

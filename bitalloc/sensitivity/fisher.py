@@ -7,6 +7,15 @@ estimates the Gauss-Newton diagonal) and `task.loss(model, sample)` otherwise.
 Score: S = Σ_{i∈unit} F_ii (Q_b(w_i) − w_i)² (no ½ factor, as the hessian estimator). F is
 elementwise, so layer, group and channel profiles of the same settings add up exactly.
 
+Memory: the score is linear in F, so without outliers (the default) F is never stored: each
+pass's gradient g of a unit layer is squared in place and scored at once (c = g², the same
+`layer_error` scoring as with F), its (units × candidates) scores summed on the device and the
+gradient freed, so the peak holds the weights, one layer's gradient and the scoring's chunk
+temporaries, at the cost of K fake quantizations of every layer per pass. With outlier_fraction
+> 0, F (a float32 copy of every unit weight) is accumulated whole, since the outliers are picked
+by F; `fisher` / `fisher_tensors` + `scores` also keep it (one set of passes scored at several
+granularities).
+
 per_sample (default True): one backward per calibration sample (each batch is split along its
 first dimension), the faithful empirical Fisher diagonal. per_sample=False: one backward per
 calibration batch, F = mean over batches of (∂ℓ_batch/∂w)² — cheaper in passes, but at a
@@ -28,7 +37,8 @@ import numpy as np
 from bitalloc.errors import BitallocError, bad
 from bitalloc.profile import Profile
 from bitalloc.sensitivity import register
-from bitalloc.sensitivity.base import DEFAULT_BITS, Estimator, grad_only_for, weighted_error
+from bitalloc.sensitivity.base import (DEFAULT_BITS, Estimator, feasible, grad_only_for, layer_error, units_by_layer,
+                                      weighted_error)
 
 
 def split_batch(batch) -> list:
@@ -115,33 +125,94 @@ class FisherEstimator(Estimator):
 
         mods = task.modules()
         names = list(task.layers)
+        F = {name: torch.zeros_like(mods[name].weight, dtype=torch.float32) for name in names}
+
+        def fold(name, g):
+            F[name].addcmul_(g, g)
+
+        n = self._backward(task, fold, progress)
+        return {name: as_2d(mods[name], f.div_(n)) for name, f in F.items()}, n  # in place: no second copy
+
+    def _backward(self, task, fold, progress=None) -> int:
+        """Run the calibration backward passes (per sample or per batch); `fold(layer, g)` gets
+        each unit layer's gradient g (float32, the weight's shape, free to be modified in place)
+        from a post-accumulate hook as soon as it is complete, and the gradient is freed right
+        after, so one layer's gradient is held at a time, never the whole set. Returns the number
+        of backward passes. The model is left as it was."""
+        import torch
+
+        mods = task.modules()
+        names = list(task.layers)
         weights = [mods[n].weight for n in names]
         gen = torch.Generator().manual_seed(self.seed)
-        F = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         n = 0
-        def fold(p, f):
-            g = p.grad.float()
-            f.addcmul_(g, g)
-            p.grad = None  # memory: one layer's gradient at a time, never the whole set
 
-        hooks = [w.register_post_accumulate_grad_hook(lambda p, f=f: fold(p, f)) for w, f in zip(weights, F)]
+        def hook(p, name):
+            g = p.grad.float()
+            p.grad = None  # memory: one layer's gradient at a time
+            with torch.no_grad():
+                fold(name, g)
+
+        hooks = [w.register_post_accumulate_grad_hook(lambda p, name=name: hook(p, name))
+                 for w, name in zip(weights, names)]
         with grad_only_for(task.model, weights), torch.enable_grad(), _removed(hooks):
             for b, batch in enumerate(task.calib):
                 for sample in (split_batch(batch) if self.per_sample else [batch]):
                     loss = (task.probe_loss(task.model, sample, gen) if task.probe_loss is not None
                             else task.loss(task.model, sample))
-                    loss.backward()  # the hooks fold each gradient into F as soon as it is complete
+                    loss.backward()  # the hooks fold each gradient as soon as it is complete
                     n += 1
                 if progress is not None:
                     progress(f"batch {b + 1}/{len(task.calib)}: {n} backward passes")
         if n == 0:
             raise BitallocError("fisher: the task has no calibration data")
-        return {name: as_2d(mods[name], f.div_(n)) for name, f in zip(names, F)}, n  # in place: no second copy
+        return n
 
     def estimate(self, task, progress=None) -> Profile:
+        """Without outliers (outlier_fraction 0) F is never stored: the score is linear in F, so
+        every gradient g is scored as it arrives (c = g², `layer_error`, the same scoring as
+        `scores`) and its (units × candidates) scores are summed on the device, divided by the
+        number of passes at the end. Peak memory: the weights, one layer's gradient and the
+        scoring's chunk temporaries (no F, a float32 copy of every unit weight). This costs K
+        fake quantizations of every layer per pass. With outliers, F is needed whole to pick
+        them: `fisher_tensors` then `scores`."""
         t0 = time.perf_counter()
-        F, n = self.fisher_tensors(task, progress)
-        return self.scores(task, F, n, t0)
+        if self.outlier_fraction > 0:
+            F, n = self.fisher_tensors(task, progress)
+            return self.scores(task, F, n, t0)
+        from bitalloc.models.layers import as_2d, shape2d
+
+        mods = task.modules()
+        units = self.units(task)
+        rows = units_by_layer(units)
+        acc: dict = {}
+
+        def fold(name, g):
+            g.mul_(g)  # g², in place in the gradient's own buffer
+            c = as_2d(mods[name], g)
+            s = layer_error(mods[name], name, [units[i] for i in rows[name]], self.quants, lambda layer, W: c)
+            if name in acc:
+                acc[name] += s
+            else:
+                acc[name] = s
+
+        n = self._backward(task, fold, progress)
+        S = np.zeros((len(units), len(self.quants)))
+        for name, idx in rows.items():
+            if name in acc:
+                S[idx] = (acc[name] / n).cpu().double().numpy()
+            else:  # no gradient ever reached the layer: F = 0 there, as in `scores`
+                S[idx] = [0.0 if feasible(q, shape2d(mods[name])) else np.inf for q in self.quants]
+        return self.profile(task, units, S, t0, **self._meta(task, n))
+
+    def _meta(self, task, passes: int) -> dict:
+        meta = dict(score="sum over the unit of F_ii * (Q_b(w) - w)^2 (empirical Fisher diagonal)",
+                    per_sample=self.per_sample, backward_passes=passes, seed=self.seed,
+                    loss="probe_loss" if task.probe_loss is not None else "loss")
+        if self.outlier_fraction > 0:
+            meta.update(outlier_fraction=self.outlier_fraction,
+                        outliers="top fraction of each unit by F kept in 16 bits (GWQ), excluded from the score")
+        return meta
 
     def scores(self, task, F: dict[str, np.ndarray], passes: int = 0, t0: float | None = None) -> Profile:
         """The Profile at this estimator's granularity (and outlier fraction) from a Fisher
@@ -172,10 +243,7 @@ class FisherEstimator(Estimator):
             return c
 
         S = weighted_error(task, units, self.quants, weight_of)
-        meta = dict(score="sum over the unit of F_ii * (Q_b(w) - w)^2 (empirical Fisher diagonal)",
-                    per_sample=self.per_sample, backward_passes=passes, seed=self.seed,
-                    loss="probe_loss" if task.probe_loss is not None else "loss")
+        meta = self._meta(task, passes)
         if self.outlier_fraction > 0:
-            meta.update(outlier_fraction=self.outlier_fraction, outliers_kept=kept,
-                        outliers="top fraction of each unit by F kept in 16 bits (GWQ), excluded from the score")
+            meta["outliers_kept"] = kept
         return self.profile(task, units, S, t0, **meta)
