@@ -176,11 +176,15 @@ def test_ctrl_c_stops_after_the_current_trial(tmp_path):
     fn = _on_third_trial(lambda: os.kill(os.getpid(), signal.SIGINT))
 
     prob = Problem.average_bits(p, 8.0)
-    with pytest.raises(KeyboardInterrupt, match="keeps its 3 trials"):
-        get_solver("optuna", n_trials=10, storage=url, study="c", evaluate=fn, seed=0).solve(prob)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background launch has SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="keeps its 3 trials"):
+            get_solver("optuna", n_trials=10, storage=url, study="c", evaluate=fn, seed=0).solve(prob)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, before)
     study = optuna.load_study(study_name="c", storage=url)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 @pytest.mark.slow
