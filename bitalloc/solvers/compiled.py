@@ -18,7 +18,6 @@ from bitalloc.errors import BitallocError, bad
 
 if TYPE_CHECKING:
     from bitalloc.hwcost.base import CostModel
-    from bitalloc.problem import Problem
     from bitalloc.profile import Profile
 
 REL_TOL = 1e-12  # a total within this relative distance of its cap counts as within budget
@@ -179,7 +178,7 @@ class Compiled:
         return replace(self, caps=np.asarray(caps, dtype=np.float64))
 
 
-def compile_problem(problem: Problem) -> Compiled:
+def compile_problem(problem) -> Compiled:
     """`problem` (a bitalloc.Problem) as the arrays solvers work on: pins, bit limits and target
     feasibility folded into S, tied units merged, every constraint as its linear rows."""
     p = problem.profile
